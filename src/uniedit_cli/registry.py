@@ -295,9 +295,9 @@ def resolve(model: str, family: str | None = None) -> ResolvedModel:
 
 
 def weights_status(spec: ModelSpec) -> str:
-    """'local', 'cached', 'built on first use' or 'not downloaded' (no network access)."""
+    """'local', 'cached', 'builds locally' (tiny models, built on first use) or 'not downloaded'."""
     if spec.builtin:
-        return "local" if (tiny_home() / spec.name / "uniedit.json").exists() else "built on first use"
+        return "local" if (tiny_home() / spec.name / "uniedit.json").exists() else "builds locally"
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency

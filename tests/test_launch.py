@@ -1,0 +1,43 @@
+"""The launcher builds an argv list (quoting intact) for `accelerate launch`."""
+
+from __future__ import annotations
+
+import sys
+
+import yaml
+
+from uniedit_cli import launch
+
+
+def test_launch_flags_are_stripped_in_both_spellings():
+    args = ["edit", "--batch", "b.jsonl", "--num-processes", "2", "--model", "m", "--accelerate-config=c.yaml", "--seed", "3"]
+    assert launch.strip_launch_flags(args) == ["edit", "--batch", "b.jsonl", "--model", "m", "--seed", "3"]
+
+
+def test_argv_keeps_prompts_with_spaces_and_quotes_as_single_arguments(tmp_path):
+    prompt = 'make the "sky" stormy; it\'s $HOME && rm -rf /'
+    args = ["edit", "photo.png", prompt, "--model", "ip2p-tiny", "--num-processes", "2"]
+    argv = launch.build_launch_argv(args, config_file=tmp_path / "c.yaml", num_processes=2)
+    assert argv[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert argv[argv.index("--config_file") + 1] == str(tmp_path / "c.yaml")
+    assert argv[argv.index("--num_processes") + 1] == "2"
+    tail = argv[argv.index("-m", 3) + 1:]
+    assert tail == ["uniedit_cli", "edit", "photo.png", prompt, "--model", "ip2p-tiny"]
+
+
+def test_default_config_is_explicit_and_loadable(tmp_path):
+    config = launch.default_config(2)
+    path = launch.write_config(config, tmp_path)
+    loaded = yaml.safe_load(path.read_text())
+    assert loaded["num_processes"] == 2 and loaded["distributed_type"] == "MULTI_GPU"
+    assert loaded["main_process_ip"] == "127.0.0.1" and isinstance(loaded["main_process_port"], int)
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    assert load_config_from_file(str(path)).num_processes == 2
+
+
+def test_no_relaunch_without_flags_or_inside_a_launch(monkeypatch):
+    assert launch.relaunch_if_requested(["models"], num_processes=None, accelerate_config=None) is None
+    assert launch.relaunch_if_requested(["models"], num_processes=1, accelerate_config=None) is None
+    monkeypatch.setenv(launch.LAUNCHED_ENV, "1")
+    assert launch.relaunch_if_requested(["models"], num_processes=4, accelerate_config=None) is None
