@@ -110,8 +110,10 @@ def assign_ids(items: list[WorkItem]) -> None:
     """Make ids unique; a duplicate explicit id is a bad row, not a silent overwrite."""
     seen: set[str] = set()
     for item in items:
-        if item.id in seen and item.error is None:
-            item.error = f"duplicate id {item.id!r}"
+        if item.id in seen:
+            # the duplicate gets an id of its own so its failure never shadows the first row's result
+            item.error = item.error or f"duplicate id {item.id!r}"
+            item.id = f"{item.id}@line{item.index}"
         seen.add(item.id)
 
 
@@ -320,7 +322,9 @@ def _record_failure(summary: RunSummary, journal: Path | None, item: WorkItem, r
 
 def _write_manifest(out_dir: Path, items: list[WorkItem], task: Task) -> None:
     records = journal_records(out_dir)
-    order = {item.id: item.index for item in items}
+    order: dict[str, int] = {}
+    for item in items:
+        order.setdefault(item.id, item.index)
     ok = sorted((r for r in records.values() if r.get("status") == "ok"), key=lambda r: order.get(str(r["id"]), r.get("index", 0)))
     failed = sorted((r for r in records.values() if r.get("status") == "failed" and str(r["id"]) in order),
                     key=lambda r: order[str(r["id"])])

@@ -126,8 +126,30 @@ class Adapter:
         }
 
 
+def quiet_libraries() -> None:
+    """The CLI draws its own progress; keep the libraries' loading bars and chatter off stderr.
+
+    ``UNIEDIT_VERBOSE=1`` leaves them as they are (useful when debugging a checkpoint).
+    """
+    if os.environ.get("UNIEDIT_VERBOSE"):
+        return
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for logging_module in (transformers_logging, diffusers_logging):
+        logging_module.set_verbosity_error()
+        logging_module.disable_progress_bar()
+    # deprecation notices are for the developers of this tool, not its users
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+
+
 def load_model(resolved: ResolvedModel, *, device: str = "auto", dtype: str = "auto") -> Adapter:
     """Build (tiny models) and load the adapter for ``resolved``."""
+    quiet_libraries()
     ensure_built(resolved)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
