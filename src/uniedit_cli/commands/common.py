@@ -97,7 +97,10 @@ def execute(task, items, *, resolved, overrides: dict, out_dir, batch_mode: bool
     or None when the work ran in launched child processes (their exit code is raised)."""
     from uniedit_cli import launch, runner
 
+    from uniedit_cli.models.base import preflight
+
     resolved.require(task.capability)
+    preflight(resolved)
     code = launch.relaunch_if_requested(invoked_argv(), num_processes=num_processes,
                                         accelerate_config=accelerate_config, device=device)
     if code is not None:

@@ -62,33 +62,65 @@ def make_generator(seed: int, device=None):
     return torch.Generator("cpu").manual_seed(int(seed))
 
 
+def hub_cached(repo_id: str) -> bool:
+    """Whether the hub cache holds a snapshot of ``repo_id`` (no network access)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in ("model_index.json", "config.json"))
+    except Exception:  # an invalid repo id, an unreadable cache: not cached
+        return False
+
+
+def hub_reachable() -> bool:
+    """False when offline mode is on or the hub's host name does not even resolve (no network):
+    then a missing model is reported at once instead of after the hub client's retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
+def missing_weights_error(resolved: ResolvedModel) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"weights for {resolved.display!r} (hub id {resolved.location}) are not on this machine and could not be downloaded.",
+        hint=(f"On a machine with network run `hf download {resolved.location} --local-dir <folder>`, copy the folder "
+              f"here and pass --model <folder> (or point HF_HOME at a cache that holds it)."),
+    )
+
+
+def preflight(resolved: ResolvedModel) -> None:
+    """Cheap checks before torch is imported or processes are launched: a hub model that is
+    neither cached nor downloadable fails now, with the fix, not after seconds of imports."""
+    if not resolved.local and not hub_cached(resolved.location) and not hub_reachable():
+        raise missing_weights_error(resolved)
+
+
 @contextlib.contextmanager
 def weights_errors(resolved: ResolvedModel):
-    """Turn 'weights not found / no network' into one clear message with the hub id and the fix."""
+    """Turn 'weights not here and no network' into one message with the hub id and the fix."""
     try:
         yield
     except UniEditError:
         raise
     except (OSError, ValueError) as exc:
-        text = str(exc)
-        offline_markers = ("offline", "couldn't connect", "Connection", "cannot find the requested files",
-                           "does not appear to have", "not the path to a directory", "LocalEntryNotFound",
-                           "We couldn't", "Can't load", "is not a local folder", "Max retries", "resolve")
-        if resolved.local and not isinstance(exc, OSError):
-            raise
-        if resolved.local or any(marker.lower() in text.lower() for marker in offline_markers) or type(exc).__name__ in (
-            "LocalEntryNotFoundError", "RepositoryNotFoundError", "GatedRepoError", "HFValidationError",
-            "OfflineModeIsEnabled"):
-            if resolved.local:
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+        if resolved.local:
+            if isinstance(exc, OSError):
                 raise ModelNotFoundError(
-                    f"could not load model folder {resolved.location!r}: {text.splitlines()[0] if text else type(exc).__name__}.",
+                    f"could not load model folder {resolved.location!r}: {first_line}",
                     hint="Check that the folder holds a complete checkpoint (all weight and tokenizer files).",
                 ) from None
-            raise ModelNotFoundError(
-                f"weights for {resolved.display!r} (hub id {resolved.location}) are not on this machine and cannot be downloaded.",
-                hint=(f"On a machine with network run `hf download {resolved.location} --local-dir <folder>`, copy the folder "
-                      f"here and pass --model <folder> (or point HF_HOME at a cache that holds it)."),
-            ) from None
+            raise
+        if isinstance(exc, OSError) or not hub_cached(resolved.location):
+            raise missing_weights_error(resolved) from None
         raise
 
 
@@ -139,6 +171,9 @@ def quiet_libraries() -> None:
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()
     for logging_module in (transformers_logging, diffusers_logging):
         logging_module.set_verbosity_error()
         logging_module.disable_progress_bar()
@@ -149,6 +184,7 @@ def quiet_libraries() -> None:
 
 def load_model(resolved: ResolvedModel, *, device: str = "auto", dtype: str = "auto") -> Adapter:
     """Build (tiny models) and load the adapter for ``resolved``."""
+    preflight(resolved)
     quiet_libraries()
     ensure_built(resolved)
     torch_device = resolve_device(device)
