@@ -103,6 +103,8 @@ def test_batch_skips_bad_rows_and_resumes(cli, ip2p, tmp_path):
     for needle in ("no such file", "malformed JSON", "not an image", "truncated", "empty instruction", "missing field", "duplicate id"):
         assert needle in reasons, needle
     assert "7 failed" in result.stderr
+    index = (out / "index.html").read_text()
+    assert "ok-1.png" in index and "imgs/wide.png" in index and "failed: " in index
     first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
 
     # resume: finished rows are skipped, nothing is rewritten

@@ -334,6 +334,30 @@ def _write_manifest(out_dir: Path, items: list[WorkItem], task: Task) -> None:
         write_text(failed_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in failed))
     elif failed_path.exists():
         failed_path.unlink()
+    _write_index(out_dir, task, ok, failed)
+
+
+def _write_index(out_dir: Path, task: Task, ok: list[dict], failed: list[dict]) -> None:
+    """index.html: what a person opens to look at a batch (inputs, outputs, failures)."""
+    from uniedit_cli.gallery import write_gallery
+
+    text_field = {"edit": "instruction", "generate": "prompt", "ask": "question"}[task.name]
+    columns = ["id"] + (["source"] if task.name in ("edit", "ask") else []) + [text_field]
+    columns += ["answer"] if task.name == "ask" else ["output"]
+    rows = []
+    for record in ok + failed:
+        row = {"id": {"text": record["id"]}, text_field: {"text": record.get(text_field, "")}}
+        if "source" in columns:
+            row["source"] = {"image": record.get("image")} if record.get("image") and Path(record["image"]).exists() else {"text": record.get("image", "")}
+        if record.get("status") == "failed":
+            row[columns[-1]] = {"text": f"failed: {record.get('reason', '')}", "bad": True}
+        elif task.name == "ask":
+            row["answer"] = {"text": record.get("answer", "")}
+        else:
+            row["output"] = {"image": out_dir / record["output"]}
+        rows.append(row)
+    write_gallery(out_dir / "index.html", title=f"uniedit {task.name}: {out_dir.name}", columns=columns, rows=rows,
+                  meta=f"{len(ok)} done, {len(failed)} failed")
 
 
 def report(summary: RunSummary, console, *, out_dir: Path | None, what: str) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,9 @@ class _PerRowSampler:
     would depend on its batch neighbours and on the batch size. Here each row draws from a
     CPU ``torch.Generator`` seeded with that row's seed, then the logits are masked to the
     drawn token so the (greedy) search loop takes it. Result: ``rewrite([p], seeds=[s])`` gives
-    the same text as ``p`` at any position in any batch, on any device.
+    the same text as ``p`` with seed ``s`` at any position in any batch of any size. (The draws
+    come from CPU generators, so a seed draws the same numbers on every device; the logits
+    themselves still differ in the last bits between devices and dtypes.)
     """
 
     def __init__(self, seeds: list[int], *, temperature: float, top_p: float, top_k: int):
@@ -213,10 +216,11 @@ class VLMAdapter(Adapter):
         _require_chat_template(self.processor, "the processor", location)
         if self.tokenizer.pad_token is None:  # batching needs a pad id; the eos is never attended
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        # device_map puts the weights straight on the target device (a 7B checkpoint is not
+        # staged in CPU RAM first); safetensors only, no remote code.
         self.model = AutoModelForImageTextToText.from_pretrained(
-            location, dtype=dtype, trust_remote_code=False, use_safetensors=True
-        )
-        self.model.to(device).eval()
+            location, dtype=dtype, trust_remote_code=False, use_safetensors=True, device_map={"": device}
+        ).eval()
 
     # -- image bounds --
 
@@ -241,16 +245,21 @@ class VLMAdapter(Adapter):
         return (int(lo) if lo else None), hi
 
     def prepare_image(self, img, max_pixels: int | None = None):
-        """RGB, bounded to :meth:`pixel_bounds`; refuse shapes the vision tower cannot take."""
-        from uniedit_cli.io import to_rgb
+        """RGB, bounded to :meth:`pixel_bounds`; refuse shapes the vision tower cannot take.
 
-        img = to_rgb(img)
-        w, h = img.size
-        if max(w, h) / max(1, min(w, h)) > 200:
-            # Qwen2-VL's smart_resize rejects this; say what is wrong with the input instead.
-            raise UsageError(f"image of {w}x{h} pixels is too elongated to ask about (aspect ratio above 200:1).",
-                             hint="Crop or pad it to a less extreme shape.")
-        return shrink_to_area(img, self.pixel_bounds(max_pixels)[1])
+        ``img`` is a PIL image or a path (read with the same checks as every command's input).
+        """
+        from uniedit_cli.io import load_image, to_rgb
+
+        img = load_image(img) if isinstance(img, (str, os.PathLike)) else to_rgb(img)
+        bounded = shrink_to_area(img, self.pixel_bounds(max_pixels)[1])
+        w, h = bounded.size
+        if _is_pixel_budget_processor(self.processor.image_processor) and max(w, h) / min(w, h) > 200:
+            # Qwen2-VL's smart_resize raises a bare ValueError on this; name the input instead.
+            raise UsageError(
+                f"image of {img.size[0]}x{img.size[1]} pixels is too elongated for {self.resolved.display!r} "
+                "(aspect ratio above 200:1).", hint="Crop or pad it to a less extreme shape.")
+        return bounded
 
     def _image_kwargs(self, max_pixels: int | None) -> dict[str, Any]:
         if not _is_pixel_budget_processor(self.processor.image_processor):
@@ -291,13 +300,14 @@ class VLMAdapter(Adapter):
         batch_size = _check_positive("batch_size", batch_size)
         gen_cfg = _generation_config(self.model, self.tokenizer, max_new_tokens=max_new_tokens)
         image_kwargs = self._image_kwargs(max_pixels)
-        prepared = [self.prepare_image(img, max_pixels) for img in images]
 
         answers: list[str] = []
-        for start in range(0, len(prepared), batch_size):
+        for start in range(0, len(images), batch_size):
+            # images are read and bounded one batch at a time: an eval over thousands of paths
+            # never holds more than batch_size decoded images
             conversations = [
-                self._conversation(img, str(q), system)
-                for img, q in zip(prepared[start:start + batch_size], questions[start:start + batch_size])
+                self._conversation(self.prepare_image(img, max_pixels), str(q), system)
+                for img, q in zip(images[start:start + batch_size], questions[start:start + batch_size])
             ]
             inputs = self.processor.apply_chat_template(
                 conversations,
@@ -352,9 +362,8 @@ class LLMAdapter(Adapter):
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(
-            location, dtype=dtype, trust_remote_code=False, use_safetensors=True
-        )
-        self.model.to(device).eval()
+            location, dtype=dtype, trust_remote_code=False, use_safetensors=True, device_map={"": device}
+        ).eval()
 
     def rewrite(
         self,
