@@ -17,10 +17,12 @@ REFERENCE.md "Uni-Edit"): the source image enters through the *understanding* en
 aligner embeddings scattered into the image placeholder tokens, exactly as in ``ask``), the
 instruction text follows it, and the edited image is sampled as VQ tokens after
 ``<begin_of_image>``, just like text-to-image. This mirrors Uni-Edit's BAGEL recipe, where the
-edit is conditioned on the source's ViT (semantic) features only. The conditioning prefix is
-built by one method, :meth:`JanusAdapter.build_condition`, with per-row flags that drop the
-text and/or the image; sampling uses it for the unconditional CFG branch and
-:meth:`JanusAdapter.training_loss` for conditioning dropout (InstructPix2Pix sec. 3.2.1).
+edit is conditioned on the source's ViT (semantic) features only. The conditioning prefix has
+one home: :meth:`JanusAdapter.prepare_condition` (tokens and pixels, with per-row flags that
+drop the text and/or the image) and :func:`embed_condition` (the model's side). Sampling uses
+the flags for the unconditional CFG branch, training for conditioning dropout (InstructPix2Pix
+sec. 3.2.1). The training loss is the forward of :class:`JanusEditObjective`, an
+``nn.Module``, so that accelerate's DDP / FSDP / DeepSpeed wrappers see the parameters used.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
 
 from uniedit_cli.errors import UsageError
 from uniedit_cli.models.base import Adapter, make_generator
@@ -49,9 +54,9 @@ ROLE_TOKENS = ("<|User|>", "<|Assistant|>")
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- set role = message['role'] | lower -%}"
-    "{%- if role == 'user' -%}<|User|>: "
-    "{%- elif role == 'assistant' -%}<|Assistant|>: "
-    "{%- else -%}{{ message['role'] | capitalize }}: {% endif -%}"
+    "{%- if role == 'user' -%}{{ '<|User|>: ' }}"
+    "{%- elif role == 'assistant' -%}{{ '<|Assistant|>: ' }}"
+    "{%- else -%}{{ message['role'] | capitalize ~ ': ' }}{%- endif -%}"
     "{%- if message['content'] is string -%}{{ message['content'] | trim }}"
     "{%- else -%}{%- for part in message['content'] -%}"
     "{%- if part['type'] == 'image' -%}<image_placeholder>{%- if not loop.last -%}{{ '\n' }}{%- endif -%}"
@@ -65,6 +70,20 @@ CHAT_TEMPLATE = (
 # Marks where the instruction goes when the template is rendered, so that its characters (and
 # then its tokens, through the offset mapping) are known exactly; never seen by the model.
 _SENTINEL = "\u2063uniedit-instruction\u2063"
+
+
+@dataclass
+class ConditionInputs:
+    """A batch of conditioning prefixes before embedding: tensors only, on the adapter's device."""
+
+    input_ids: Any  # (rows, length), left padded with pads (attention 0), ending at <begin_of_image>
+    attention_mask: Any  # (rows, length)
+    image_rows: Any  # (images,) the rows whose image placeholders take vision features
+    pixel_values: Any  # (images, 3, S, S) for those rows, or None
+
+    def as_dict(self) -> dict:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
+                "image_rows": self.image_rows, "pixel_values": self.pixel_values}
 
 
 @dataclass
@@ -92,13 +111,14 @@ class JanusAdapter(Adapter):
         # Janus' VQ tokenizer is never trained (REFERENCE.md: "The VQ model stays frozen").
         self.model.model.vqmodel.requires_grad_(False)
         self.tokenizer = self.processor.tokenizer
+        self._objective = None
         self._check_tokens()
 
     # ------------------------------------------------------------------ model facts
 
     def _token_id(self, token: str | None, what: str) -> int:
         token_id = self.tokenizer.convert_tokens_to_ids(token) if token else None
-        if token_id is None or token_id == self.tokenizer.unk_token_id and token != self.tokenizer.unk_token:
+        if token_id is None or (token_id == self.tokenizer.unk_token_id and token != self.tokenizer.unk_token):
             raise UsageError(
                 f"model {self.resolved.display!r}: its tokenizer has no {what} token {token!r}.",
                 hint="The folder is not a complete Janus checkpoint (tokenizer files missing or replaced).",
@@ -135,8 +155,6 @@ class JanusAdapter(Adapter):
 
     def ask(self, images: Sequence, questions: Sequence[str], *, max_new_tokens: int = 128, **_) -> list[str]:
         """Greedy answers, one per (image, question) pair; the image may be ``None`` for text-only."""
-        import torch
-
         _same_length(images=images, questions=questions)
         if not questions:
             return []
@@ -162,7 +180,9 @@ class JanusAdapter(Adapter):
             out = self.model.generate(
                 **inputs,
                 generation_mode="text",
-                max_new_tokens=int(max_new_tokens),
+                # max_length rather than max_new_tokens: Janus' generate() hands a full generation
+                # config down, and both set would log a warning on every call.
+                max_length=inputs["input_ids"].shape[1] + int(max_new_tokens),
                 do_sample=False,
                 pad_token_id=self.pad_token_id,
             )
@@ -171,20 +191,20 @@ class JanusAdapter(Adapter):
 
     # ------------------------------------------------------------------ conditioning
 
-    def build_condition(
+    def prepare_condition(
         self,
         texts: Sequence[str],
         images: Sequence | None = None,
         *,
         drop_text: Sequence[bool] | None = None,
         drop_image: Sequence[bool] | None = None,
-    ) -> Condition:
-        """Embed ``[image] + text`` prompts, ready to sample image tokens after ``<begin_of_image>``.
+    ) -> ConditionInputs:
+        """Token ids and pixels of ``[image] + text`` prompts (no model compute; see :func:`embed_condition`).
 
-        Each row is the chat template's user turn (an optional source image through the
+        Each row is the chat template's user turn (an optional source image for the
         understanding encoder, then the text) plus the assistant prompt and ``<begin_of_image>``
-        (the processor's ``generation_mode="image"`` suffix). Dropping keeps the length and
-        writes pad tokens instead, the way Janus builds its unconditional prompt:
+        (the processor's ``generation_mode="image"`` suffix), left padded. Dropping keeps the
+        length and writes pad tokens instead, the way Janus builds its unconditional prompt:
 
         - ``drop_text[i]``: the text's tokens become pads;
         - ``drop_image[i]``: the image block (begin, placeholders, end) becomes pads and no
@@ -192,17 +212,17 @@ class JanusAdapter(Adapter):
         - both: every token but BOS and the final ``<begin_of_image>`` becomes a pad, which is
           exactly Janus' unconditional CFG prompt.
         """
-        import torch
-
         n = len(texts)
         images = list(images) if images is not None else [None] * n
         drop_text = list(drop_text) if drop_text is not None else [False] * n
         drop_image = list(drop_image) if drop_image is not None else [False] * n
         _same_length(texts=texts, images=images, drop_text=drop_text, drop_image=drop_image)
+        if n == 0:
+            raise UsageError("no prompts to condition on.")
 
         rows: list[list[int]] = []
-        feature_rows: list[int] = []  # rows whose image placeholders receive vision features
-        feature_images = []
+        image_rows: list[int] = []  # rows whose image placeholders receive vision features
+        kept_images = []
         for text, image, no_text, no_image in zip(texts, images, drop_text, drop_image):
             ids, text_mask, image_mask = self._tokenize_prompt(str(text), image is not None)
             if no_text and (no_image or image is None):
@@ -215,8 +235,8 @@ class JanusAdapter(Adapter):
                 if image is not None and no_image:
                     ids = [self.pad_token_id if m else tok for tok, m in zip(ids, image_mask)]
             if image is not None and not no_image:
-                feature_rows.append(len(rows))
-                feature_images.append(image)
+                image_rows.append(len(rows))
+                kept_images.append(image)
             rows.append(ids)
 
         length = max(len(r) for r in rows)
@@ -225,19 +245,26 @@ class JanusAdapter(Adapter):
         for i, ids in enumerate(rows):  # left padding: every row ends at <begin_of_image>
             input_ids[i, length - len(ids):] = torch.tensor(ids, dtype=torch.long)
             attention_mask[i, length - len(ids):] = 1
-        input_ids = input_ids.to(self.device)
-        attention_mask = attention_mask.to(self.device)
+        pixel_values = None
+        if kept_images:
+            pixel_values = self.processor.image_processor(kept_images, return_tensors="pt")["pixel_values"]
+        return ConditionInputs(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention_mask.to(self.device),
+            image_rows=torch.tensor(image_rows, dtype=torch.long, device=self.device),
+            pixel_values=None if pixel_values is None else pixel_values.to(self.device),
+        )
 
-        embeds = self.model.get_input_embeddings()(input_ids)
-        if feature_rows:
-            pixel_values = self.processor.image_processor(feature_images, return_tensors="pt")["pixel_values"]
-            features = self.model.model.get_image_features(
-                pixel_values.to(self.device, self.dtype), return_dict=True
-            ).pooler_output  # (images, num_image_tokens, hidden): SigLIP + aligner, as in `ask`
-            slot = torch.zeros_like(input_ids, dtype=torch.bool)
-            slot[feature_rows] = input_ids[feature_rows] == self.image_token_id
-            embeds = embeds.masked_scatter(slot.unsqueeze(-1), features.to(embeds.dtype))
-        return Condition(inputs_embeds=embeds, attention_mask=attention_mask, input_ids=input_ids)
+    def build_condition(self, texts: Sequence[str], images: Sequence | None = None, *,
+                        drop_text: Sequence[bool] | None = None,
+                        drop_image: Sequence[bool] | None = None) -> Condition:
+        """:meth:`prepare_condition` then :func:`embed_condition`: prefixes ready for sampling."""
+        inputs = self.prepare_condition(texts, images, drop_text=drop_text, drop_image=drop_image)
+        return Condition(
+            inputs_embeds=embed_condition(self.model, inputs),
+            attention_mask=inputs.attention_mask,
+            input_ids=inputs.input_ids,
+        )
 
     def _tokenize_prompt(self, text: str, with_image: bool) -> tuple[list[int], list[bool], list[bool]]:
         """Token ids of one prompt, with masks of the text's tokens and of the image block's."""
@@ -262,7 +289,10 @@ class JanusAdapter(Adapter):
         end = start + len(text)
         # Tokenized as one string, so the text's tokens are the ones the model was trained on
         # (a piecewise encoding would split ": a" differently at the boundary).
-        enc = self.tokenizer(prompt, return_offsets_mapping=True)
+        bos = self.tokenizer.bos_token
+        # As the processor: a template that writes BOS itself gets no second one.
+        enc = self.tokenizer(prompt, return_offsets_mapping=True,
+                             add_special_tokens=not (bos is not None and prompt.startswith(bos)))
         ids = list(enc["input_ids"])
         text_mask = [s < end and e > start and e > s for s, e in enc["offset_mapping"]]
         image_mask = [tok in (self.image_token_id, self.eoi_token_id) for tok in ids]
@@ -276,8 +306,6 @@ class JanusAdapter(Adapter):
     def _sample_image_tokens(self, cond: Condition, uncond: Condition | None, *, seeds: Sequence[int],
                              guidance: float, temperature: float):
         """Autoregressive VQ tokens with CFG; row ``i`` draws only from ``make_generator(seeds[i])``."""
-        import torch
-
         batch = cond.inputs_embeds.shape[0]
         generators = [make_generator(seed) for seed in seeds]
         use_cfg = uncond is not None
@@ -325,7 +353,6 @@ class JanusAdapter(Adapter):
     def decode_tokens(self, tokens) -> list:
         """VQ token ids (batch, num_image_tokens) -> PIL RGB images."""
         import numpy as np
-        import torch
         from PIL import Image
 
         with torch.inference_mode():
@@ -335,11 +362,9 @@ class JanusAdapter(Adapter):
         # processor's normalization, so it is applied here directly.
         pixels = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         arrays = pixels.permute(0, 2, 3, 1).cpu().numpy()
-        return [Image.fromarray(np.ascontiguousarray(a), mode="RGB") for a in arrays]
+        return [Image.fromarray(np.ascontiguousarray(a)) for a in arrays]  # uint8 HxWx3 -> RGB
 
     def _sample(self, texts, images, *, seeds, guidance, temperature) -> list:
-        import torch
-
         _same_length(prompts=texts, seeds=seeds)
         if not texts:
             return []
@@ -371,53 +396,47 @@ class JanusAdapter(Adapter):
 
     # ------------------------------------------------------------------ training
 
-    def encode_images(self, images: Sequence):
-        """Target images -> VQ token ids (batch, num_image_tokens), VQ frozen."""
-        import torch
-
+    def target_pixels(self, images: Sequence):
+        """Edited images as the VQ encoder's input: generation size, [-1, 1] (Janus' VQ range)."""
         side = self.image_size
-        # Same resize and square padding as the understanding path, at the generation size, in
-        # the VQ's [-1, 1] range.
-        pixels = self.processor.image_processor(
+        # Same resize and square padding as the understanding path, at the generation size.
+        return self.processor.image_processor(
             list(images), size={"height": side, "width": side}, image_mean=[0.5] * 3, image_std=[0.5] * 3,
             return_tensors="pt",
-        )["pixel_values"]
-        with torch.no_grad():
-            encoded = self.model.model.vqmodel.encode(pixels.to(self.device, self.dtype), return_dict=True)
-        return encoded.image_tokens.view(len(images), -1)
+        )["pixel_values"].to(self.device)
 
-    def training_loss(self, batch: dict):
-        """Cross-entropy of the edited image's VQ tokens through the generation head.
+    def training_inputs(self, batch: dict) -> dict:
+        """Tensors for :class:`JanusEditObjective` from a batch of edit rows.
 
         ``batch``: ``input_images`` (PIL list), ``edit_prompts`` (str list), ``edited_images``
-        (PIL list), optional ``drop_text_prob`` / ``drop_image_prob``: per-row conditioning
-        dropout (InstructPix2Pix sec. 3.2.1) so the model also learns the branches CFG uses.
+        (PIL list), optional ``drop_text_prob`` / ``drop_image_prob`` (per-row conditioning
+        dropout, InstructPix2Pix sec. 3.2.1, so the model also learns the branches CFG uses; with
+        both dropped a row is Janus' unconditional prompt) and ``rng`` (a ``random.Random``).
         """
-        import torch
-        import torch.nn.functional as F
-
         sources, prompts, targets = batch["input_images"], batch["edit_prompts"], batch["edited_images"]
         _same_length(input_images=sources, edit_prompts=prompts, edited_images=targets)
-        n = len(prompts)
-        drop_text_prob = float(batch.get("drop_text_prob", 0.0) or 0.0)
-        drop_image_prob = float(batch.get("drop_image_prob", 0.0) or 0.0)
+        drop_text_prob = float(batch.get("drop_text_prob") or 0.0)
+        drop_image_prob = float(batch.get("drop_image_prob") or 0.0)
         rng = batch.get("rng") or random
-        drop_text = [rng.random() < drop_text_prob for _ in range(n)]
-        drop_image = [rng.random() < drop_image_prob for _ in range(n)]
+        drop_text = [rng.random() < drop_text_prob for _ in prompts]
+        drop_image = [rng.random() < drop_image_prob for _ in prompts]
+        cond = self.prepare_condition(prompts, sources, drop_text=drop_text, drop_image=drop_image)
+        return {**cond.as_dict(), "target_pixel_values": self.target_pixels(targets)}
 
-        target_ids = self.encode_images(targets)
-        cond = self.build_condition(prompts, sources, drop_text=drop_text, drop_image=drop_image)
-        # Teacher forcing: the prefix ends with <begin_of_image>, whose output predicts token 0;
-        # the output at token k predicts token k + 1.
-        image_embeds = self.model.prepare_embeddings_for_image_generation(target_ids[:, :-1])
-        embeds = torch.cat([cond.inputs_embeds, image_embeds.to(cond.inputs_embeds.dtype)], dim=1)
-        mask = torch.cat([cond.attention_mask, cond.attention_mask.new_ones(target_ids[:, :-1].shape)], dim=1)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = self.model.model.language_model(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
-        ).last_hidden_state
-        logits = self.model.model.generation_head(hidden[:, -self.num_image_tokens:, :])
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target_ids.reshape(-1))
+    @property
+    def objective(self) -> "JanusEditObjective":
+        """The training loss as a module (wrap it with ``accelerator.prepare`` to train)."""
+        if self._objective is None:
+            self._objective = JanusEditObjective(self.model)
+        return self._objective
+
+    @objective.setter
+    def objective(self, wrapped) -> None:
+        self._objective = wrapped
+
+    def training_loss(self, batch: dict):
+        """Cross-entropy of the edited image's VQ tokens through the generation head (VQ frozen)."""
+        return self.objective(**self.training_inputs(batch))
 
     # ------------------------------------------------------------------ saving
 
@@ -440,6 +459,54 @@ class JanusAdapter(Adapter):
         return folder
 
 
+def embed_condition(model, inputs: ConditionInputs | None = None, *, input_ids=None, image_rows=None,
+                    pixel_values=None):
+    """Text embeddings with the source images' understanding features in their placeholders."""
+    if inputs is not None:
+        input_ids, image_rows, pixel_values = inputs.input_ids, inputs.image_rows, inputs.pixel_values
+    embeds = model.get_input_embeddings()(input_ids)
+    if pixel_values is None or image_rows is None or image_rows.numel() == 0:
+        return embeds
+    dtype = embeds.dtype
+    # SigLIP + aligner, the path `ask` uses: (images, num_image_tokens, hidden).
+    features = model.model.get_image_features(pixel_values.to(dtype), return_dict=True).pooler_output
+    slots = input_ids.new_zeros(input_ids.shape, dtype=torch.bool)
+    slots[image_rows] = input_ids[image_rows] == model.config.image_token_id
+    return embeds.masked_scatter(slots.unsqueeze(-1), features.to(dtype))
+
+
+class JanusEditObjective(torch.nn.Module):
+    """The edit loss as a module forward, so DDP / FSDP / DeepSpeed wrappers see every parameter use.
+
+    REFERENCE.md ("Janus-Pro in transformers", Training): the model's own forward gives only the
+    text loss; the image-token loss takes the VQ ids of the target as labels, their generation
+    embeddings as inputs and the generation head's logits. The VQ stays frozen.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, image_rows, pixel_values, target_pixel_values):
+        janus = self.model.model
+        with torch.no_grad():
+            vq_dtype = next(janus.vqmodel.parameters()).dtype
+            encoded = janus.vqmodel.encode(target_pixel_values.to(vq_dtype), return_dict=True)
+        target_ids = encoded.image_tokens.view(target_pixel_values.shape[0], -1)
+        prefix = embed_condition(self.model, input_ids=input_ids, image_rows=image_rows, pixel_values=pixel_values)
+        # Teacher forcing: the output at <begin_of_image> predicts token 0, the output at token k
+        # predicts token k + 1.
+        image_embeds = self.model.prepare_embeddings_for_image_generation(target_ids[:, :-1])
+        embeds = torch.cat([prefix, image_embeds.to(prefix.dtype)], dim=1)
+        mask = torch.cat([attention_mask, attention_mask.new_ones(target_ids[:, :-1].shape)], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = janus.language_model(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
+        ).last_hidden_state
+        logits = janus.generation_head(hidden[:, -target_ids.shape[1]:, :])
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target_ids.reshape(-1))
+
+
 def _same_length(**lists) -> None:
     lengths = {name: len(values) for name, values in lists.items()}
     if len(set(lengths.values())) > 1:
@@ -447,8 +514,6 @@ def _same_length(**lists) -> None:
 
 
 def _left_pad(tensor, length: int):
-    import torch.nn.functional as F
-
     missing = length - tensor.shape[1]
     if missing == 0:
         return tensor
@@ -466,7 +531,6 @@ def build_tiny(folder: Path, *, seed: int = 0) -> None:
     ``(image_size // patch_size) ** 2`` tokens for both encoders, and BOS / pad / begin-of-image
     ids sit on the generation config.
     """
-    import torch
     from tokenizers import processors
     from transformers import (
         GenerationConfig,
