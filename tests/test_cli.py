@@ -87,3 +87,12 @@ def test_missing_weights_offline_names_hub_id_and_folder_flag(cli, sample_image,
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
     result = cli(["edit", sample_image, "make it red", "--model", "instruct-pix2pix", "--out", tmp_path / "o.png"])
     _assert_clean_error(result, 2, "timbrooks/instruct-pix2pix", "--model <folder>")
+
+
+def test_flags_a_family_does_not_use_are_reported_not_recorded(cli, tmp_path):
+    out = tmp_path / "gen"
+    result = cli(["generate", "a red cube", "--model", "janus-tiny", "--steps", "3", "--out", out, "--device", "cpu"])
+    assert result.exit_code == 0, result
+    assert "--steps has no effect on janus" in result.stderr
+    sidecar = json.loads(next(out.glob("*.json")).read_text())
+    assert "steps" not in sidecar["parameters"] and sidecar["parameters"]["guidance"] == 5.0

@@ -52,6 +52,16 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "llm": {"max_new_tokens": 256},
 }
 
+# The generation knobs each family's adapter honours; a flag outside this set is reported as
+# having no effect rather than silently ignored (and is not recorded in sidecars).
+FAMILY_KNOBS: dict[str, frozenset[str]] = {
+    "janus": frozenset({"guidance", "temperature", "max_new_tokens"}),
+    "ip2p": frozenset({"steps", "guidance", "image_guidance", "size"}),
+    "diffusers-edit": frozenset({"steps", "guidance", "size"}),
+    "vlm": frozenset({"max_new_tokens"}),
+    "llm": frozenset({"max_new_tokens", "temperature"}),
+}
+
 BUILTIN_PREFIX = "builtin:"
 
 

@@ -107,8 +107,16 @@ def execute(task, items, *, resolved, overrides: dict, out_dir, batch_mode: bool
         if code != 0:
             raise typer.Exit(code)
         return None
-    options = {**resolved.defaults, **overrides}
+    from uniedit_cli.registry import FAMILY_KNOBS
+
     console = error_console()
+    knobs = FAMILY_KNOBS[resolved.family]
+    ignored = sorted(key for key in overrides if key not in knobs)
+    if ignored:
+        flags = ", ".join("--" + key.replace("_", "-") for key in ignored)
+        verb = "has" if len(ignored) == 1 else "have"
+        console.print(f"[yellow]note:[/] {flags} {verb} no effect on {resolved.family} models; ignored.")
+    options = {key: value for key, value in {**resolved.defaults, **overrides}.items() if key in knobs}
     summary = runner.run(task, items, resolved=resolved, options=options, out_dir=out_dir if batch_mode else None,
                          device=device, dtype=dtype, batch_size=batch_size, resume=batch_mode, console=console)
     from uniedit_cli.launch import partial_state
