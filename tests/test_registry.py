@@ -54,6 +54,10 @@ def test_local_folders_are_recognised(tmp_path):
     diffusers.mkdir()
     (diffusers / "model_index.json").write_text(json.dumps({"_class_name": "FluxKontextPipeline"}))
     assert registry.resolve(str(diffusers)).family == "diffusers-edit"
+    assert registry.resolve(str(diffusers)).defaults["guidance"] == 3.5
+    (diffusers / "model_index.json").write_text(json.dumps({"_class_name": "QwenImageEditPipeline"}))
+    assert registry.resolve(str(diffusers)).defaults == {"steps": 50, "guidance": 4.0}
+    assert registry.resolve("Qwen/Qwen-Image-Edit-2509").defaults == {"steps": 50, "guidance": 4.0}
     hf = tmp_path / "hf"
     hf.mkdir()
     (hf / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))

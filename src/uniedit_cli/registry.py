@@ -52,6 +52,14 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "llm": {"max_new_tokens": 256},
 }
 
+# diffusers-edit holds pipelines with different published defaults (REFERENCE.md): a folder or
+# hub id outside the table gets its pipeline's own, not the family's first member's.
+PIPELINE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "FluxKontextPipeline": {"steps": 28, "guidance": 3.5},
+    "QwenImageEditPipeline": {"steps": 50, "guidance": 4.0},
+    "QwenImageEditPlusPipeline": {"steps": 50, "guidance": 4.0},
+}
+
 # The generation knobs each family's adapter honours; a flag outside this set is reported as
 # having no effect rather than silently ignored (and is not recorded in sidecars).
 FAMILY_KNOBS: dict[str, frozenset[str]] = {
@@ -271,7 +279,9 @@ def resolve(model: str, family: str | None = None) -> ResolvedModel:
     if expanded.is_dir():
         fam, meta = inspect_folder(expanded, family)
         spec = get_spec(meta["base_model"]) if meta.get("base_model") and get_spec(str(meta["base_model"])) else None
-        defaults = {**FAMILY_DEFAULTS[fam], **(spec.defaults if spec else {}), **meta.get("defaults", {})}
+        pipeline = _read_json(expanded / "model_index.json").get("_class_name", "") if (expanded / "model_index.json").exists() else ""
+        defaults = {**FAMILY_DEFAULTS[fam], **PIPELINE_DEFAULTS.get(pipeline, {}), **(spec.defaults if spec else {}),
+                    **meta.get("defaults", {})}
         caps = tuple(meta.get("capabilities") or FAMILY_CAPABILITIES[fam])
         return ResolvedModel(model, fam, str(expanded), True, caps, defaults, spec, meta)
     spec = get_spec(model)
@@ -294,7 +304,8 @@ def resolve(model: str, family: str | None = None) -> ResolvedModel:
                 hint=f"Pass --family ({', '.join(FAMILY_ADAPTERS)}).",
             )
         fam = _check_family(fam, model)
-        defaults = {**FAMILY_DEFAULTS[fam], **(known.defaults if known else {})}
+        pipeline = "QwenImageEditPipeline" if "qwen-image-edit" in model.lower() else ""
+        defaults = {**FAMILY_DEFAULTS[fam], **PIPELINE_DEFAULTS.get(pipeline, {}), **(known.defaults if known else {})}
         caps = known.capabilities if known else FAMILY_CAPABILITIES[fam]
         return ResolvedModel(model, fam, model, False, caps, defaults, known)
     close = difflib.get_close_matches(model.lower(), all_names(), n=3, cutoff=0.5)
