@@ -15,7 +15,7 @@ body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }
 h1 { font-size: 1.3rem; } .meta { color: #666; margin-bottom: 1rem; }
 table { border-collapse: collapse; } td, th { border-bottom: 1px solid #ddd; padding: .4rem .6rem; vertical-align: top; text-align: left; }
 th { background: #f4f4f4; position: sticky; top: 0; }
-img { max-width: 256px; max-height: 256px; image-rendering: auto; display: block; }
+img { width: 192px; height: auto; display: block; }
 td.text { max-width: 28rem; white-space: pre-wrap; } .bad { color: #b00; }
 """
 

@@ -133,8 +133,11 @@ def ensure_built(resolved: ResolvedModel) -> None:
     folder = Path(resolved.location)
     if (folder / "uniedit.json").exists():
         return
+    from rich.console import Console
+
     from uniedit_cli.models.tiny import build_tiny
 
+    Console(stderr=True).print(f"[dim]building {resolved.spec.name} (random weights, no download) in {folder}[/]")
     build_tiny(resolved.spec.name, folder)
 
 
