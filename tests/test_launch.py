@@ -41,3 +41,17 @@ def test_no_relaunch_without_flags_or_inside_a_launch(monkeypatch):
     assert launch.relaunch_if_requested(["models"], num_processes=1, accelerate_config=None) is None
     monkeypatch.setenv(launch.LAUNCHED_ENV, "1")
     assert launch.relaunch_if_requested(["models"], num_processes=4, accelerate_config=None) is None
+
+
+def test_every_shipped_accelerate_config_loads_and_names_its_command():
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    configs = sorted((Path(__file__).parent.parent / "examples" / "accelerate").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+        assert any("uniedit " in line for line in header), f"{path.name}: the header must show the command"
+        config = load_config_from_file(str(path))
+        assert config.num_processes >= 1

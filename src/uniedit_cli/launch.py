@@ -112,13 +112,12 @@ def relaunch_if_requested(command_args: list[str], *, num_processes: int | None,
     env = dict(os.environ)
     env[LAUNCHED_ENV] = "1"
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if device == "cpu" or (device == "auto" and not _cuda_available()):
+        env["ACCELERATE_USE_CPU"] = "true"
+        # one share of the cores per rank keeps CPU ranks from fighting over them
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // (num_processes or 1))))
     with tempfile.TemporaryDirectory(prefix="uniedit-launch-") as tmp:
         if accelerate_config is None:
-            use_cpu = device == "cpu" or not _cuda_available()
-            if use_cpu:
-                env["ACCELERATE_USE_CPU"] = "true"
-                # one share of the cores per rank keeps CPU ranks from fighting over them
-                env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
             config_file = write_config(default_config(num_processes), Path(tmp))
         else:
             config_file = Path(accelerate_config)
