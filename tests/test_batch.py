@@ -172,3 +172,15 @@ def test_two_cpu_processes_equal_one_process(ip2p, tmp_path):
     ids = lambda folder: [json.loads(line)["id"] for line in (tmp_path / folder / "results.jsonl").read_text().splitlines()]
     assert ids("one") == ids("two") == [f"r{i}" for i in range(5)]
     assert "5 edited" in two.stderr and "1 failed" in two.stderr
+
+
+def test_a_batch_folder_resumes_only_the_run_that_made_it(cli, ip2p, tmp_path):
+    images = _images(tmp_path)
+    batch = _write_batch(tmp_path / "edits.jsonl", [{"id": "a", "image": str(images["wide"]), "instruction": "x"}])
+    out = tmp_path / "out"
+    assert cli(["edit", "--batch", batch, "--model", ip2p, "--out", out, *FAST]).exit_code == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["task"] == "edit" and run["options"]["steps"] == 2
+    result = cli(["edit", "--batch", batch, "--model", ip2p, "--out", out, *FAST, "--guidance", "3"])
+    assert result.exit_code == 2 and "options" in result.stderr and "new --out" in result.stderr
+    assert cli(["edit", "--batch", batch, "--model", ip2p, "--out", out, *FAST]).exit_code == 0

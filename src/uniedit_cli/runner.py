@@ -149,6 +149,36 @@ def finished_ids(out_dir: Path) -> set[str]:
     return done
 
 
+# --- the run's identity -----------------------------------------------------------------------
+
+RUN_FILE = "run.json"
+
+
+def run_fingerprint(task: "Task", resolved, options: dict) -> dict:
+    return {"task": task.name, "model": resolved.display, "location": resolved.location,
+            "family": resolved.family, "options": options}
+
+
+def check_resumable(out_dir: Path, task: "Task", resolved, options: dict) -> None:
+    """A batch folder resumes only the run that made it: another model or other settings would
+    silently mix two runs' results."""
+    path = out_dir / RUN_FILE
+    if not path.exists():
+        return
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return
+    current = json.loads(json.dumps(run_fingerprint(task, resolved, options), default=str))
+    if previous != current:
+        changed = sorted(k for k in current if previous.get(k) != current.get(k))
+        raise UsageError(
+            f"--out {str(out_dir)!r} holds a {previous.get('task')} run with another {', '.join(changed)} "
+            f"(model {previous.get('model')!r}, options {previous.get('options')}).",
+            hint="Rerun with the same settings to resume it, or pass a new --out.",
+        )
+
+
 # --- running ----------------------------------------------------------------------------------
 
 @dataclass
@@ -190,6 +220,11 @@ def run(task: Task, items: list[WorkItem], *, resolved, options: dict, out_dir: 
     done = finished_ids(out_dir) if (resume and out_dir is not None) else set()
     pending = [item for item in items if item.id not in done]
     summary.skipped = len(items) - len(pending)
+    if out_dir is not None and state.is_main_process:
+        write_json(out_dir / RUN_FILE, run_fingerprint(task, resolved, options))
+    # every rank must read the journals before any rank appends to them, or the ranks would
+    # split different pending lists
+    state.wait_for_everyone()
 
     with state.split_between_processes(pending) as my_items:
         my_items = list(my_items)

@@ -96,27 +96,27 @@ def execute(task, items, *, resolved, overrides: dict, out_dir, batch_mode: bool
     """Shared tail of edit / generate / ask: launch if asked, run, report. Returns the summary,
     or None when the work ran in launched child processes (their exit code is raised)."""
     from uniedit_cli import launch, runner
-
     from uniedit_cli.models.base import preflight
+    from uniedit_cli.registry import FAMILY_KNOBS
 
     resolved.require(task.capability)
     preflight(resolved)
+    console = error_console()
+    knobs = FAMILY_KNOBS[resolved.family]
+    ignored = sorted(key for key in overrides if key not in knobs)
+    if ignored and not launch.inside_launch():  # said once, by the process the user started
+        flags = ", ".join("--" + key.replace("_", "-") for key in ignored)
+        verb = "has" if len(ignored) == 1 else "have"
+        console.print(f"[yellow]note:[/] {flags} {verb} no effect on {resolved.family} models; ignored.")
+    options = {key: value for key, value in {**resolved.defaults, **overrides}.items() if key in knobs}
+    if batch_mode:
+        runner.check_resumable(out_dir, task, resolved, options)
     code = launch.relaunch_if_requested(invoked_argv(), num_processes=num_processes,
                                         accelerate_config=accelerate_config, device=device)
     if code is not None:
         if code != 0:
             raise typer.Exit(code)
         return None
-    from uniedit_cli.registry import FAMILY_KNOBS
-
-    console = error_console()
-    knobs = FAMILY_KNOBS[resolved.family]
-    ignored = sorted(key for key in overrides if key not in knobs)
-    if ignored:
-        flags = ", ".join("--" + key.replace("_", "-") for key in ignored)
-        verb = "has" if len(ignored) == 1 else "have"
-        console.print(f"[yellow]note:[/] {flags} {verb} no effect on {resolved.family} models; ignored.")
-    options = {key: value for key, value in {**resolved.defaults, **overrides}.items() if key in knobs}
     summary = runner.run(task, items, resolved=resolved, options=options, out_dir=out_dir if batch_mode else None,
                          device=device, dtype=dtype, batch_size=batch_size, resume=batch_mode, console=console)
     from uniedit_cli.launch import partial_state
