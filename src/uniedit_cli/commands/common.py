@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from uniedit_cli.errors import UniEditError
+from uniedit_cli.errors import UniEditError, UsageError
 
 _INVOKED_ARGV: list[str] = []
 
@@ -110,6 +110,8 @@ def execute(task, items, *, resolved, overrides: dict, out_dir, batch_mode: bool
         console.print(f"[yellow]note:[/] {flags} {verb} no effect on {resolved.family} models; ignored.")
     options = {key: value for key, value in {**resolved.defaults, **overrides}.items() if key in knobs}
     if batch_mode:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UsageError(f"--out {str(out_dir)!r} is a file; batch results go to a folder.", hint="Pass a folder path.")
         runner.check_resumable(out_dir, task, resolved, options)
     code = launch.relaunch_if_requested(invoked_argv(), num_processes=num_processes,
                                         accelerate_config=accelerate_config, device=device)
