@@ -9,6 +9,7 @@ suite that departs from the official protocol sets ``approximate = True`` and sa
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,7 +32,7 @@ class SuiteResult:
     breakdown: dict[str, dict[str, float]] = field(default_factory=dict)  # e.g. per category
 
 
-class Suite:
+class Suite(ABC):
     name: ClassVar[str] = ""
     task: ClassVar[str] = ""  # edit | generate | ask
     output_kind: ClassVar[str] = ""  # "image" or "text": what --predictions rows carry
@@ -47,13 +48,13 @@ class Suite:
         self.data = Path(data) if data is not None else None
         self.options = options
 
+    @abstractmethod
     def samples(self) -> list[Sample]:
         """Every sample, in the benchmark's order. Missing or malformed data raises UsageError
         naming what to place where (``data_help``)."""
-        raise NotImplementedError  # abstract: each suite implements its own layout
 
+    @abstractmethod
     def score(self, samples: list[Sample], outputs: dict[str, Any], metrics: list[str], *,
               device: str = "auto", judge=None) -> SuiteResult:
         """Score ``outputs`` (sample id -> answer string, or output image path; a missing id or
         an unreadable image is reported per sample, never fatal)."""
-        raise NotImplementedError  # abstract: each suite implements its benchmark's protocol
