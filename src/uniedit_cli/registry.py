@@ -152,6 +152,11 @@ class ResolvedModel:
     def display(self) -> str:
         return self.spec.name if self.spec else self.name
 
+    def options(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The generation knobs this family honours: the model's defaults, then ``overrides``."""
+        knobs = FAMILY_KNOBS[self.family]
+        return {key: value for key, value in {**self.defaults, **(overrides or {})}.items() if key in knobs}
+
     def require(self, capability: str) -> None:
         if capability in self.capabilities:
             return

@@ -108,7 +108,7 @@ def execute(task, items, *, resolved, overrides: dict, out_dir, batch_mode: bool
         flags = ", ".join("--" + key.replace("_", "-") for key in ignored)
         verb = "has" if len(ignored) == 1 else "have"
         console.print(f"[yellow]note:[/] {flags} {verb} no effect on {resolved.family} models; ignored.")
-    options = {key: value for key, value in {**resolved.defaults, **overrides}.items() if key in knobs}
+    options = resolved.options(overrides)
     if batch_mode:
         if out_dir.exists() and not out_dir.is_dir():
             raise UsageError(f"--out {str(out_dir)!r} is a file; batch results go to a folder.", hint="Pass a folder path.")
