@@ -256,6 +256,11 @@ def process_chunk(index: int, total: int, rows: list[PlannedRow], config: SynthC
 
     if reject_rows:
         writer.write_rows(out_dir / writer.REJECTED_DIR / writer.shard_name(index, total), reject_rows, with_reason=True)
+    notes = {k: v for k, v in rejected.items() if k.startswith("rewrite_fallback_")}
+    if notes:  # counts that live in no parquet column: kept so the manifest of a resumed run has them
+        from uniedit_cli.io import write_json
+
+        write_json(out_dir / writer.CHUNK_NOTES_DIR / f"{writer.shard_name(index, total)}.json", notes)
     if kept_by_split["test"]:
         writer.write_rows(writer.shard_path(out_dir, "test", index, total), kept_by_split["test"])
     # the train shard is written last (even when empty): its presence marks the chunk as done
@@ -459,6 +464,10 @@ def write_manifest(out_dir: Path, config: SynthConfig, the_plan: Plan, total: in
                 if ok is not None:
                     judge_total += 1
                     judge_ok += bool(ok)
+    rewrite_fallbacks: Counter = Counter()
+    for notes in sorted((out_dir / writer.CHUNK_NOTES_DIR).glob("*.json")):
+        rewrite_fallbacks.update({k.removeprefix("rewrite_fallback_"): v
+                                  for k, v in json.loads(notes.read_text(encoding="utf-8")).items()})
     writer.write_plan_rejections(out_dir, the_plan.rejections)
     manifest = {
         "uniedit_version": __version__,
@@ -474,6 +483,8 @@ def write_manifest(out_dir: Path, config: SynthConfig, the_plan: Plan, total: in
         "seconds_last_run": round(seconds, 2),
         "columns": list(writer.features().keys()),
     }
+    if config.rewriter:
+        manifest["rewriter"] = {"model": config.rewriter, "template_fallbacks": dict(sorted(rewrite_fallbacks.items()))}
     if judge_total:
         # for the scene world the expected answer is exact, so this is the judge's accuracy
         manifest["judge"] = {"model": config.judge, "asked": judge_total, "agreed": judge_ok,

@@ -52,8 +52,28 @@ def _clean(text: str) -> str:
     return text
 
 
+_STOP = frozenset("""a an the and or but if then else otherwise of to in on at by for with from into onto it its
+is are be was were this that these those there their them they so as not no do does any some one all each
+make change turn give keep leave nothing image picture scene please new""".split())
+MIN_CONTENT_KEPT = 0.7
+
+
+def content_words(text: str) -> set[str]:
+    """Words that carry the edit: objects, attributes, numbers (crude singular form)."""
+    import re
+
+    words = set()
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        if word in _STOP or (len(word) < 3 and not word.isdigit()):
+            continue
+        words.add(word[:-1] if word.endswith("s") and len(word) > 3 else word)
+    return words
+
+
 def garbled(answer: str, template: str) -> str | None:
-    """Why a rewrite cannot be used, or None."""
+    """Why a rewrite cannot be used, or None. A fluent rewrite keeps the template's content
+    words (every object, attribute and value, both branches of a conditional); dropping them
+    changes the edit, and an untrained or confused model drops them."""
     text = _clean(answer or "")
     if not text:
         return "empty"
@@ -63,4 +83,7 @@ def garbled(answer: str, template: str) -> str | None:
         return "too_long"
     if len(text) < max(8, len(template) // 4):
         return "too_short"
+    wanted = content_words(template)
+    if wanted and len(wanted & content_words(text)) / len(wanted) < MIN_CONTENT_KEPT:
+        return "lost_content"
     return None

@@ -21,6 +21,7 @@ from uniedit_cli.synth.records import COLUMNS
 MANIFEST = "uniedit-data.json"
 REJECTED_DIR = "rejected"
 PLAN_REJECTIONS = "plan.jsonl"
+CHUNK_NOTES_DIR = ".chunks"
 
 
 SPLITS = ("train", "test")
