@@ -131,6 +131,10 @@ def plan(config: SynthConfig, source, *, classifier=None) -> Plan:
     rows: list[PlannedRow] = []
     rejections: list[dict] = []
     seen = 0
+    # Planned rows keep their records until their chunk runs; questions about one image share one
+    # scene graph and one image buffer instead of a copy each (GQA has ~13 questions per image).
+    shared_graphs: dict[str, dict] = {}
+    shared_bytes: dict[str, bytes] = {}
     for item in source:
         seen += 1
         if isinstance(item, BadRecord):
@@ -162,6 +166,10 @@ def plan(config: SynthConfig, source, *, classifier=None) -> Plan:
         if not result.process_answer:
             result.process_answer = extract_process_answer(record)
         rid = row_id(record.source, record.source_id, result.template, config.seed)
+        if record.scene_graph is not None:
+            record.scene_graph = shared_graphs.setdefault(record.image_id, record.scene_graph)
+        if record.image_bytes is not None:
+            record.image_bytes = shared_bytes.setdefault(record.image_id, record.image_bytes)
         rows.append(PlannedRow(record, category, result, rid, int(rid[:8], 16),
                                split_of(f"{record.source}:{record.image_id}", config.holdout)))
         per_category[category] += 1
