@@ -14,6 +14,7 @@ import typer
 
 from uniedit_cli import __version__
 from uniedit_cli.commands import ask, common, edit, generate, models, synth
+from uniedit_cli.commands import eval as eval_command
 from uniedit_cli.commands.common import set_invoked_argv
 
 __all__ = ["app", "main", "set_invoked_argv"]
@@ -45,7 +46,8 @@ def _root(
     """Uni-Edit for unified multimodal models."""
 
 
-for _module, _name in ((synth, "synth"), (edit, "edit"), (generate, "generate"), (ask, "ask"), (models, "models")):
+for _module, _name in ((synth, "synth"), (edit, "edit"), (generate, "generate"), (ask, "ask"),
+                       (eval_command, "eval"), (models, "models")):
     app.command(name=_name, help=_module.HELP, epilog=_module.EPILOG)(getattr(_module, _name))
 
 
