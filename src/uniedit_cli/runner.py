@@ -199,6 +199,31 @@ def prepare_image_item(item: WorkItem) -> dict:
     return prepared
 
 
+def _call_edit(adapter, inputs: list[dict], seeds: list[int], options: dict):
+    return adapter.edit([x["image"] for x in inputs], [x["instruction"] for x in inputs], seeds=seeds, **options)
+
+
+def _call_generate(adapter, inputs: list[dict], seeds: list[int], options: dict):
+    return adapter.generate([x["prompt"] for x in inputs], seeds=seeds, **options)
+
+
+def _call_ask(adapter, inputs: list[dict], seeds: list[int], options: dict):
+    return adapter.ask([x["image"] for x in inputs], [x["question"] for x in inputs], **options)
+
+
+TASK_CALLS = {"edit": _call_edit, "generate": _call_generate, "ask": _call_ask}
+TEXT_FIELD = {"edit": "instruction", "generate": "prompt", "ask": "question"}
+DONE_WORD = {"edit": "edited", "generate": "generated", "ask": "answered"}
+
+
+def make_task(kind: str, *, prepare: Callable[[WorkItem], dict] | None = None) -> Task:
+    """The Task for ``edit`` / ``generate`` / ``ask``: its adapter call and input loading."""
+    if kind not in TASK_CALLS:
+        raise UsageError(f"task {kind!r} is not one of {', '.join(TASK_CALLS)}.")
+    default_prepare = (lambda item: dict(item.inputs)) if kind == "generate" else prepare_image_item
+    return Task(kind, kind, call=TASK_CALLS[kind], prepare=prepare or default_prepare)
+
+
 def _batches(items: list[WorkItem], size: int):
     for start in range(0, len(items), size):
         yield items[start:start + size]

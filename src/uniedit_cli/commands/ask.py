@@ -66,7 +66,7 @@ def ask(
         out_dir = None
         items = [runner.WorkItem(id="answer", index=1, inputs={"image": str(image), "question": question}, seed=0)]
 
-    task = runner.Task("ask", registry.ASK, call=_call, prepare=runner.prepare_image_item)
+    task = runner.make_task("ask")
     summary = common.execute(
         task, items, resolved=resolved, overrides=common.generation_overrides(max_new_tokens=max_new_tokens),
         out_dir=out_dir, batch_mode=batch is not None, device=device.value, dtype=dtype.value,
@@ -85,6 +85,3 @@ def ask(
             typer.echo(json.dumps({"id": record["id"], "answer": record["answer"]}, ensure_ascii=False))
     common.single_failure(summary if batch is None else None)
 
-
-def _call(adapter, inputs: list[dict], seeds: list[int], options: dict):
-    return adapter.ask([x["image"] for x in inputs], [x["question"] for x in inputs], **options)

@@ -133,3 +133,22 @@ def single_failure(summary) -> None:
     """In single-item mode the one item failing is the command failing."""
     if summary is not None and summary.failed:
         raise typer.Exit(1)
+
+
+def parse_key_values(pairs: list[str] | None, flag: str) -> dict:
+    """``["k=v", ...]`` -> a dict; values are read as JSON when they parse, so numbers and
+    true/false arrive typed (``random_weights=0`` is 0, not the truthy string "0")."""
+    import json
+
+    options: dict = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{flag} {pair!r}: expected KEY=VALUE.")
+        value = value.strip()
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+

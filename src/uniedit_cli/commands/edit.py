@@ -81,7 +81,7 @@ def edit(
         items = [runner.WorkItem(id=target.stem, index=1, inputs={"image": str(image), "instruction": instruction},
                                  seed=seed, output=target)]
 
-    task = runner.Task("edit", registry.EDIT, call=_call, prepare=runner.prepare_image_item)
+    task = runner.make_task("edit")
     summary = common.execute(
         task, items, resolved=resolved,
         overrides=common.generation_overrides(steps=steps, guidance=guidance, image_guidance=image_guidance, size=size),
@@ -92,6 +92,3 @@ def edit(
         common.error_console().print(f"wrote {items[0].output} (+ .json)")
     common.single_failure(summary if batch is None else None)
 
-
-def _call(adapter, inputs: list[dict], seeds: list[int], options: dict):
-    return adapter.edit([x["image"] for x in inputs], [x["instruction"] for x in inputs], seeds=seeds, **options)

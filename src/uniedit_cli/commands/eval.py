@@ -47,18 +47,6 @@ def _parse_metrics(value: Optional[str]) -> Optional[list[str]]:
     return names or None
 
 
-def _parse_suite_options(values: Optional[list[str]]) -> dict[str, str]:
-    from uniedit_cli.errors import UsageError
-
-    options: dict[str, str] = {}
-    for value in values or []:
-        key, sep, text = value.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--suite-option {value!r}: expected KEY=VALUE.", hint="Example: --suite-option split=val_balanced.")
-        options[key.strip()] = text.strip()
-    return options
-
-
 @common.handle_errors
 def eval(  # noqa: A001 - the command is called eval
     runs: Annotated[Optional[List[Path]], typer.Argument(help="With --compare: the result folders to compare.",
@@ -117,7 +105,7 @@ def eval(  # noqa: A001 - the command is called eval
     config = EvalConfig(
         suite=suite, out=out or Path("uniedit-out") / "eval" / suite, model=model, data=data, predictions=predictions,
         metrics=_parse_metrics(metrics), judge=judge, family=family, limit=limit,
-        suite_options=_parse_suite_options(suite_option), seed=seed,
+        suite_options=common.parse_key_values(suite_option, "--suite-option"), seed=seed,
         overrides=common.generation_overrides(steps=steps, guidance=guidance, image_guidance=image_guidance, size=size,
                                               max_new_tokens=max_new_tokens),
         metric_weights={"clip_weights": str(clip_weights) if clip_weights else None,

@@ -77,7 +77,7 @@ def generate(
             items.append(runner.WorkItem(id=name, index=k, inputs={"prompt": prompt}, seed=seed + k,
                                          output=out_dir / f"{name}.png"))
 
-    task = runner.Task("generate", registry.GENERATE, call=_call, prepare=lambda item: dict(item.inputs))
+    task = runner.make_task("generate")
     summary = common.execute(
         task, items, resolved=resolved,
         overrides=common.generation_overrides(steps=steps, guidance=guidance, size=size),
@@ -88,6 +88,3 @@ def generate(
         common.error_console().print(f"wrote {len(items)} image(s) to {out_dir}")
     common.single_failure(summary if batch is None else None)
 
-
-def _call(adapter, inputs: list[dict], seeds: list[int], options: dict):
-    return adapter.generate([x["prompt"] for x in inputs], seeds=seeds, **options)

@@ -63,7 +63,7 @@ def synth(
     from uniedit_cli.synth.records import STYLES
 
     config = pipeline.SynthConfig(
-        vqa=vqa, vqa_path=vqa_path, split=split, source_options=_options(vqa_option), out=str(out), num_rows=num_rows, editor=editor, judge=judge,
+        vqa=vqa, vqa_path=vqa_path, split=split, source_options=common.parse_key_values(vqa_option, "--vqa-option"), out=str(out), num_rows=num_rows, editor=editor, judge=judge,
         rewriter=rewriter, clip=clip, styles=_split(styles) or STYLES, max_depth=max_depth, cap=cap,
         keep_categories=_split(keep), seed=seed, size=size, chunk_size=chunk_size, num_proc=num_proc,
         batch_size=batch_size, device=device.value, dtype=dtype.value, min_quality=min_quality,
@@ -80,24 +80,6 @@ def synth(
     summary = pipeline.run(config, console=console)
     if launch.partial_state().is_main_process:
         _report(summary, console)
-
-
-def _options(pairs: list[str] | None) -> dict:
-    """key=value strings -> a dict; values read as JSON when they parse (numbers, true/false)."""
-    import json
-
-    from uniedit_cli.errors import UsageError
-
-    options = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--vqa-option {pair!r}: expected key=value.")
-        try:
-            options[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip()] = value
-    return options
 
 
 def _split(text: str | None) -> tuple[str, ...]:

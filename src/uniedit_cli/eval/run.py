@@ -198,30 +198,10 @@ def read_predictions(path: Path, suite: Suite, samples: list[Sample]) -> Predict
 
 # --- generating with the model under test ---------------------------------------------------
 
-def _call_edit(adapter, inputs: list[dict], seeds: list[int], options: dict):
-    return adapter.edit([x["image"] for x in inputs], [x["instruction"] for x in inputs], seeds=seeds, **options)
-
-
-def _call_generate(adapter, inputs: list[dict], seeds: list[int], options: dict):
-    return adapter.generate([x["prompt"] for x in inputs], seeds=seeds, **options)
-
-
-def _call_ask(adapter, inputs: list[dict], seeds: list[int], options: dict):
-    return adapter.ask([x["image"] for x in inputs], [x["question"] for x in inputs], **options)
-
-
-_CALLS = {"edit": _call_edit, "generate": _call_generate, "ask": _call_ask}
-_TEXT_FIELD = {"edit": "instruction", "generate": "prompt", "ask": "question"}
-_DONE_WORD = {"edit": "edited", "generate": "generated", "ask": "answered"}
-
-
 def _generation_task(kind: str):
     from uniedit_cli import runner
 
-    if kind not in _CALLS:
-        raise UsageError(f"suite task {kind!r} is not one of edit, generate, ask.")
-    prepare = (lambda item: dict(item.inputs)) if kind == "generate" else runner.prepare_image_item
-    return runner.Task(kind, kind, call=_CALLS[kind], prepare=prepare)
+    return runner.make_task(kind)
 
 
 def item_ids(samples: list[Sample]) -> dict[str, str]:
@@ -294,8 +274,8 @@ def generate_outputs(samples: list[Sample], *, task_kind: str, resolved, options
                     error = f"its previous turn {parent!r} has no output ({failures.get(parent, 'not generated')})"
             if error is None and task_kind in ("edit", "ask") and not inputs.get("image"):
                 error = "the benchmark row has no input image"
-            if error is None and not str(inputs.get(_TEXT_FIELD[task_kind]) or "").strip():
-                error = f"the benchmark row has an empty {_TEXT_FIELD[task_kind]}"
+            if error is None and not str(inputs.get(runner.TEXT_FIELD[task_kind]) or "").strip():
+                error = f"the benchmark row has an empty {runner.TEXT_FIELD[task_kind]}"
             items.append(runner.WorkItem(
                 id=ids[sample.id], index=i, inputs=inputs, seed=config.seed + i,
                 output=gen_dir / f"{ids[sample.id]}.png" if task_kind != "ask" else None, error=error,
@@ -303,7 +283,7 @@ def generate_outputs(samples: list[Sample], *, task_kind: str, resolved, options
         summary = runner.run(task, items, resolved=resolved, options=options, out_dir=gen_dir, device=config.device,
                              dtype=config.dtype, batch_size=config.batch_size, resume=True, console=console)
         if _main_process():
-            runner.report(summary, console, out_dir=gen_dir, what=_DONE_WORD[task_kind])
+            runner.report(summary, console, out_dir=gen_dir, what=runner.DONE_WORD[task_kind])
         records = runner.journal_records(gen_dir)
         for i in round_indices:
             sample = samples[i]
@@ -345,7 +325,7 @@ def run_judge(queries: list, *, resolved, config: EvalConfig, console) -> dict[s
     if not queries:
         return {}
     judge_dir = config.out / JUDGE_DIR
-    task = runner.Task("ask", "ask", call=_call_ask, prepare=prepare_judge_item)
+    task = runner.make_task("ask", prepare=prepare_judge_item)
     ids = {}
     items = []
     for i, query in enumerate(queries):
