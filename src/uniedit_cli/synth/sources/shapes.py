@@ -18,12 +18,14 @@ that only know ``VQARecord.load_image``). ``source_id`` is ``"{seed}-{image:06d}
 and ``image_id`` ``"shapes-{seed}-{image:06d}"``; ``question_type`` is the GQA-style detailed
 type (queryAttr, relS, count, math, readText, ...), ``extra`` holds the question family and
 GQA ``types``. Questions of one image are generated from an rng seeded by (seed, image), so
-any image can be regenerated on its own (``record_for``/``records_of``).
+any image can be regenerated on its own: ``records_of(image_index)``. ``count()`` (exact, it
+generates the questions) and ``iter_range(start, stop)`` follow the external sources' contract.
 """
 
 from __future__ import annotations
 
 import random
+from itertools import islice
 from typing import Iterator
 
 from uniedit_cli.synth.records import VQARecord
@@ -54,7 +56,7 @@ class ShapesSource:
     def check(self) -> None:
         """Sources check their inputs before any work; the world has none."""
 
-    def __len__(self) -> int:
+    def max_records(self) -> int:
         """An upper bound on the number of records (plain scenes may yield fewer questions)."""
         return self.num_images * self.questions_per_image
 
@@ -76,3 +78,14 @@ class ShapesSource:
     def __iter__(self) -> Iterator[VQARecord]:
         for i in range(self.num_images):
             yield from self.records_of(i)
+
+    # The external sources' contract (``_base.py``): count() is exact, len() is not cheap here.
+    has_cheap_len = False
+
+    def count(self) -> int:
+        """The exact number of records (generates the questions: ~0.3 ms per image)."""
+        return sum(len(self.records_of(i)) for i in range(self.num_images))
+
+    def iter_range(self, start: int, stop: int) -> Iterator[VQARecord]:
+        """Records ``start..stop-1`` of the iteration order."""
+        return islice(iter(self), start, stop)
