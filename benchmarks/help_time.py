@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-COMMANDS = [[], ["models"], ["edit"], ["generate"], ["ask"], ["synth"], ["eval"]]
+COMMANDS = [[], ["models"], ["edit"], ["generate"], ["ask"], ["synth"], ["train"], ["eval"]]
 HEAVY = ("torch", "transformers", "diffusers", "accelerate")
 TARGET_S = 0.5
 

@@ -14,11 +14,11 @@ def test_version_and_help(cli):
     assert result.exit_code == 0 and __version__ in result.stdout
     result = cli(["--help"])
     assert result.exit_code == 0
-    for command in ("models", "edit", "generate", "ask", "synth", "eval"):
+    for command in ("models", "edit", "generate", "ask", "synth", "train", "eval"):
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", ["models", "edit", "generate", "ask", "synth", "eval"])
+@pytest.mark.parametrize("command", ["models", "edit", "generate", "ask", "synth", "train", "eval"])
 def test_every_command_help_shows_examples(cli, command):
     result = cli([command, "--help"])
     assert result.exit_code == 0

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from uniedit_cli import __version__
-from uniedit_cli.commands import ask, common, edit, generate, models, synth
+from uniedit_cli.commands import ask, common, edit, generate, models, synth, train
 from uniedit_cli.commands import eval as eval_command
 from uniedit_cli.commands.common import set_invoked_argv
 
@@ -46,7 +46,7 @@ def _root(
     """Uni-Edit for unified multimodal models."""
 
 
-for _module, _name in ((synth, "synth"), (edit, "edit"), (generate, "generate"), (ask, "ask"),
+for _module, _name in ((synth, "synth"), (train, "train"), (edit, "edit"), (generate, "generate"), (ask, "ask"),
                        (eval_command, "eval"), (models, "models")):
     app.command(name=_name, help=_module.HELP, epilog=_module.EPILOG)(getattr(_module, _name))
 
