@@ -115,6 +115,20 @@ def _atomic_target(path: Path) -> Path:
     return Path(tmp)
 
 
+def remove_stale_temporaries(folder: str | os.PathLike, *, recursive: bool = True) -> int:
+    """Delete the hidden ``.<name>.<random>.tmp`` files that atomic writes cut short by a kill
+    leave behind. Call it before any process of a run starts writing into ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for path in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def save_image(img, path: str | os.PathLike, *, format: str | None = None) -> Path:
     """Write ``img`` to ``path`` atomically (a temporary file renamed into place)."""
     path = Path(path)

@@ -246,6 +246,9 @@ def run(task: Task, items: list[WorkItem], *, resolved, options: dict, out_dir: 
     pending = [item for item in items if item.id not in done]
     summary.skipped = len(items) - len(pending)
     if out_dir is not None and state.is_main_process:
+        from uniedit_cli.io import remove_stale_temporaries
+
+        remove_stale_temporaries(out_dir, recursive=False)  # left by a killed run
         write_json(out_dir / RUN_FILE, run_fingerprint(task, resolved, options))
     # every rank must read the journals before any rank appends to them, or the ranks would
     # split different pending lists

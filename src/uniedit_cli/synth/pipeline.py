@@ -333,6 +333,10 @@ def run(config: SynthConfig, *, console=None) -> SynthSummary:
     _check_resumable(out_dir, config, len(the_plan.rows))
     bounds = chunk_bounds(len(the_plan.rows), config.chunk_size)
     total = len(bounds)
+    if state.is_main_process:
+        from uniedit_cli.io import remove_stale_temporaries
+
+        remove_stale_temporaries(out_dir)  # left by a killed run; nobody writes before the barrier below
     pending = [k for k in range(total) if not writer.shard_path(out_dir, "train", k, total).exists()]
     summary = SynthSummary(out=out_dir, shards=total, skipped_shards=total - len(pending))
     state.wait_for_everyone()  # every rank has looked at the shards before any rank writes one
