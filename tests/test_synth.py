@@ -188,3 +188,20 @@ def test_two_ranks_write_the_same_dataset_as_one(tmp_path):
     assert [r["id"] for r in one] == [r["id"] for r in two]
     assert [r["judge_answer"] for r in one] == [r["judge_answer"] for r in two]
     assert json.loads((tmp_path / "two" / "uniedit-data.json").read_text())["rows"] == 40
+
+
+def test_model_classifier_path_and_reply_parsing(cli, tmp_path):
+    from uniedit_cli.synth.classify import parse_category
+
+    assert parse_category("Color") == "color" and parse_category(" yes/no.") == "yes_no"
+    assert parse_category("Multiple-choice") == "multi_choice" and parse_category("banana bread") is None
+    out = tmp_path / "classified"
+    result = cli(["synth", *SMALL, "--out", out, "--classifier", "qwen2.5-tiny", "--device", "cpu"])
+    assert result.exit_code == 0, result
+    manifest = json.loads((out / "uniedit-data.json").read_text())
+    assert manifest["classifier"]["model"] == "qwen2.5-tiny"
+    # a random-weight LLM rarely names a category: those records fall back to the rules, counted
+    assert manifest["classifier"]["classified"] >= manifest["records_read"]
+    assert 0 < manifest["classifier"]["rule_fallbacks"] <= manifest["classifier"]["classified"]
+    assert manifest["rows"] == 40
+    assert cli(["synth", *SMALL, "--out", tmp_path / "x", "--classifier", "instruct-pix2pix"]).exit_code == 2

@@ -38,6 +38,7 @@ def synth(
     editor: Annotated[Optional[str], typer.Option("--editor", help="A model that can edit, or none (instruction-only rows). shapes renders exact targets.")] = None,
     judge: Annotated[Optional[str], typer.Option("--judge", help="A model that can ask: re-asks the embedded question on each target.")] = None,
     rewriter: Annotated[Optional[str], typer.Option("--rewriter", help="An LLM that rewrites instructions for fluency (leak-checked).")] = None,
+    classifier: Annotated[Optional[str], typer.Option("--classifier", help="An LLM that sorts questions into task categories (default: rules over programs and text).")] = None,
     clip: Annotated[Optional[str], typer.Option("--clip", help="open_clip model for clip_dir / clip_img (weights must be local).")] = None,
     styles: Annotated[Optional[str], typer.Option("--styles", help="Comma list: conditional, synthesis, referring, nested, text-answer.")] = None,
     max_depth: Annotated[int, typer.Option("--max-depth", min=1, help="Most relation hops in nested instructions.")] = 2,
@@ -64,7 +65,7 @@ def synth(
 
     config = pipeline.SynthConfig(
         vqa=vqa, vqa_path=vqa_path, split=split, source_options=common.parse_key_values(vqa_option, "--vqa-option"), out=str(out), num_rows=num_rows, editor=editor, judge=judge,
-        rewriter=rewriter, clip=clip, styles=_split(styles) or STYLES, max_depth=max_depth, cap=cap,
+        rewriter=rewriter, classifier=classifier, clip=clip, styles=_split(styles) or STYLES, max_depth=max_depth, cap=cap,
         keep_categories=_split(keep), seed=seed, size=size, chunk_size=chunk_size, num_proc=num_proc,
         batch_size=batch_size, device=device.value, dtype=dtype.value, min_quality=min_quality,
         min_clip_dir=min_clip_dir, min_clip_img=min_clip_img, require_judge_ok=not keep_judge_mismatch, holdout=holdout,

@@ -288,3 +288,52 @@ def extract_process_answer(record: VQARecord) -> str:
 
 def _keeps_case(record: VQARecord) -> bool:
     return bool(_OCR_CUES.search((record.question or "").lower()))
+
+
+# --- an optional model-based classifier (--classifier MODEL) -----------------------------------
+
+CLASSIFIER_SYSTEM = (
+    "You sort visual questions by what their answer is about. Categories: color, shape, material, size, count, "
+    "location, relation, knowledge, ocr, math, caption, yes_no, multi_choice, other. Reply with exactly one "
+    "category name and nothing else."
+)
+_CATEGORY_ALIASES = {"yes/no": "yes_no", "yesno": "yes_no", "yes-no": "yes_no", "multiple_choice": "multi_choice",
+                     "multiple-choice": "multi_choice", "multichoice": "multi_choice", "colour": "color",
+                     "counting": "count", "position": "location", "text": "ocr"}
+
+
+def parse_category(reply: str | None) -> str | None:
+    """The category a classifier model named, or None when its reply names none."""
+    words = re.findall(r"[a-z_/\-]+", (reply or "").lower())
+    for word in words[:3]:
+        word = _CATEGORY_ALIASES.get(word, word)
+        if word in CATEGORIES:
+            return word
+    return None
+
+
+class ModelClassifier:
+    """Classifies with an LLM from the registry (greedy, so every rank plans the same rows);
+    a reply that names no category falls back to the rules, and is counted."""
+
+    def __init__(self, adapter, *, batch_size: int = 32):
+        self.adapter = adapter
+        self.batch_size = batch_size
+        self.classified = 0
+        self.fallbacks = 0
+
+    def classify_batch(self, records: list[VQARecord]) -> list[str]:
+        prompts = [f"Question: {r.question}\nAnswer: {r.answer}" for r in records]
+        replies: list[str] = []
+        for start in range(0, len(prompts), self.batch_size):
+            replies += self.adapter.rewrite(prompts[start:start + self.batch_size], system=CLASSIFIER_SYSTEM,
+                                            max_new_tokens=6, temperature=0.0)
+        out = []
+        self.classified += len(records)
+        for record, reply in zip(records, replies):
+            category = parse_category(reply)
+            if category is None:
+                self.fallbacks += 1
+                category = classify(record)
+            out.append(category)
+        return out

@@ -102,6 +102,8 @@ class Plan:
     rows: list[PlannedRow]
     rejections: list[dict]  # plan-stage: bad records, dropped/capped categories, answer leaks
     seen: int = 0
+    classified: int = 0  # records the --classifier model saw (batches read a little ahead)
+    classifier_fallbacks: int = 0  # its replies that named no category (the rules were used)
 
 
 @dataclass
@@ -121,9 +123,44 @@ def _record_rng(config: SynthConfig, record: VQARecord) -> random.Random:
     return random.Random(f"{config.seed}:{record.source}:{record.source_id}")
 
 
+def _with_categories(source, classifier, batch: int = 256):
+    """(item, category) pairs; a model classifier sees records in batches, the rules one by one."""
+    from uniedit_cli.synth.classify import classify
+
+    if classifier is None:
+        for item in source:
+            yield item, (None if isinstance(item, BadRecord) else _safe(classify, item))
+        return
+    buffer: list = []
+
+    def flush():
+        records = [item for item in buffer if not isinstance(item, BadRecord)]
+        try:
+            categories = iter(classifier.classify_batch(records)) if records else iter(())
+        except Exception as exc:  # noqa: BLE001 - the rules are always there
+            categories = iter([exc] * len(records))
+        for item in buffer:
+            yield item, (None if isinstance(item, BadRecord) else next(categories))
+        buffer.clear()
+
+    for item in source:
+        buffer.append(item)
+        if len(buffer) >= batch:
+            yield from flush()
+    yield from flush()
+
+
+def _safe(fn, record):
+    try:
+        return fn(record)
+    except Exception as exc:  # noqa: BLE001 - reported as classify_failed
+        return exc
+
+
 def plan(config: SynthConfig, source, *, classifier=None) -> Plan:
-    """Classify, drop/cap and write instructions for every record of ``source`` (deterministic)."""
-    from uniedit_cli.synth.classify import classify, extract_process_answer
+    """Classify, drop/cap and write instructions for every record of ``source`` (deterministic).
+    ``classifier``: a :class:`~uniedit_cli.synth.classify.ModelClassifier`, or None for the rules."""
+    from uniedit_cli.synth.classify import extract_process_answer
     from uniedit_cli.synth.instructions import write_instruction
 
     keep_dropped = set(config.keep_categories)
@@ -135,17 +172,15 @@ def plan(config: SynthConfig, source, *, classifier=None) -> Plan:
     # scene graph and one image buffer instead of a copy each (GQA has ~13 questions per image).
     shared_graphs: dict[str, dict] = {}
     shared_bytes: dict[str, bytes] = {}
-    for item in source:
+    for item, category in _with_categories(source, classifier):
         seen += 1
         if isinstance(item, BadRecord):
             rejections.append({"source_id": item.source_id, "reason": item.reason, "detail": item.detail})
             continue
         record: VQARecord = item
         base = {"source_id": record.source_id, "question": record.question, "answer": record.answer}
-        try:
-            category = classifier(record) if classifier is not None else classify(record)
-        except Exception as exc:  # noqa: BLE001 - one bad record never stops the run
-            rejections.append({**base, "reason": "classify_failed", "detail": f"{type(exc).__name__}: {exc}"})
+        if isinstance(category, Exception):  # one bad record never stops the run
+            rejections.append({**base, "reason": "classify_failed", "detail": f"{type(category).__name__}: {category}"})
             continue
         if category in DROPPED_BY_DEFAULT and category not in keep_dropped:
             rejections.append({**base, "category": category, "reason": f"dropped_{category}"})
@@ -175,7 +210,7 @@ def plan(config: SynthConfig, source, *, classifier=None) -> Plan:
         per_category[category] += 1
         if config.vqa == "shapes" and config.num_rows is not None and len(rows) >= config.num_rows:
             break
-    return Plan(rows, rejections, seen)
+    return Plan(rows, rejections, seen, *((classifier.classified, classifier.fallbacks) if classifier else (0, 0)))
 
 
 # --- chunks -------------------------------------------------------------------------------------
@@ -324,7 +359,7 @@ def run(config: SynthConfig, *, console=None) -> SynthSummary:
     source = open_source(config.vqa, config.vqa_path, config.split, **_source_options(config))
     source.check()
     state = partial_state()
-    the_plan = plan(config, source)
+    the_plan = plan(config, source, classifier=_load_classifier(config))
     if not the_plan.rows:
         reasons = Counter(r["reason"] for r in the_plan.rejections)
         raise UsageError(f"no rows to synthesise from {config.vqa} ({the_plan.seen} records read; dropped: "
@@ -371,6 +406,17 @@ def run(config: SynthConfig, *, console=None) -> SynthSummary:
     return summary
 
 
+def _load_classifier(config: SynthConfig):
+    if not config.classifier:
+        return None
+    from uniedit_cli import registry
+    from uniedit_cli.models import load_model
+    from uniedit_cli.synth.classify import ModelClassifier
+
+    resolved = registry.resolve(config.classifier)
+    return ModelClassifier(load_model(resolved, device=config.device, dtype=config.dtype), batch_size=config.batch_size)
+
+
 def validate(config: SynthConfig) -> None:
     """Everything that can be checked before any work starts."""
     from uniedit_cli import registry
@@ -392,7 +438,8 @@ def validate(config: SynthConfig) -> None:
     if config.chunk_size < 1 or config.num_proc < 1 or config.batch_size < 1:
         raise UsageError("--chunk-size, --num-proc and --batch-size must be at least 1.")
     for flag, name, capability in (("--editor", config.editor, registry.EDIT), ("--judge", config.judge, registry.ASK),
-                                   ("--rewriter", config.rewriter, registry.REWRITE)):
+                                   ("--rewriter", config.rewriter, registry.REWRITE),
+                                   ("--classifier", config.classifier, registry.REWRITE)):
         if name and name not in ("none", WORLD_EDITOR):
             resolved = registry.resolve(name)
             try:
@@ -495,6 +542,9 @@ def write_manifest(out_dir: Path, config: SynthConfig, the_plan: Plan, total: in
         "seconds_last_run": round(seconds, 2),
         "columns": list(writer.features().keys()),
     }
+    if config.classifier:
+        manifest["classifier"] = {"model": config.classifier, "classified": the_plan.classified,
+                                  "rule_fallbacks": the_plan.classifier_fallbacks}
     if config.rewriter:
         manifest["rewriter"] = {"model": config.rewriter, "template_fallbacks": dict(sorted(rewrite_fallbacks.items()))}
     if judge_total:
