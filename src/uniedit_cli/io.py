@@ -41,7 +41,7 @@ def load_image(path: str | os.PathLike, *, what: str = "image"):
     Transparent images are composited on white, 16-bit images are scaled to 8 bits, palette
     and grayscale images are converted, and the EXIF orientation is applied.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     p = Path(path)
     if not p.exists():

@@ -264,7 +264,6 @@ def process_chunk(index: int, total: int, rows: list[PlannedRow], config: SynthC
     if models is not None:
         models.load()
     rejected: Counter = Counter()
-    out_rows: list[dict] = []
     reject_rows: list[dict] = []
 
     live: list[tuple[PlannedRow, Any]] = []
