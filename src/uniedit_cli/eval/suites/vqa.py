@@ -45,6 +45,20 @@ class _ShortAnswerSuite(Suite):
         return question + (SHORT_ANSWER_PROMPT if style == "lmms-eval" else "")
 
     @staticmethod
+    def _accuracies(samples: list[Sample], outputs: dict[str, Any], score_one) -> tuple[dict[str, dict], float]:
+        """Per-sample accuracy from ``score_one(answer, sample)`` (a missing answer scores 0 and
+        says so) and the mean in percent, as published."""
+        per_sample: dict[str, dict] = {}
+        for sample in samples:
+            answer = outputs.get(sample.id)
+            if answer is None:
+                per_sample[sample.id] = {"accuracy": 0.0, "error": "no answer"}
+            else:
+                per_sample[sample.id] = {"accuracy": float(score_one(str(answer), sample))}
+        n = len(samples)
+        return per_sample, (100.0 * sum(v["accuracy"] for v in per_sample.values()) / n if n else 0.0)
+
+    @staticmethod
     def _grouped_means(per_sample: dict[str, dict], samples: list[Sample], key: str, value: str) -> dict[str, float]:
         groups: dict[str, list[float]] = defaultdict(list)
         for sample in samples:
@@ -137,15 +151,9 @@ class GQASuite(_ShortAnswerSuite):
               device: str = "auto", judge=None) -> SuiteResult:
         from uniedit_cli.eval.metrics import text as m
 
-        per_sample: dict[str, dict] = {}
-        for sample in samples:
-            answer = outputs.get(sample.id)
-            if answer is None:
-                per_sample[sample.id] = {"accuracy": 0.0, "error": "no answer"}
-                continue
-            per_sample[sample.id] = {"accuracy": float(m.gqa_exact_match(str(answer), sample.reference["answer"]))}
+        per_sample, accuracy = self._accuracies(
+            samples, outputs, lambda answer, sample: m.gqa_exact_match(answer, sample.reference["answer"]))
         n = len(samples)
-        accuracy = 100.0 * sum(v["accuracy"] for v in per_sample.values()) / n if n else 0.0
         breakdown = {
             "structural": self._grouped_means(per_sample, samples, "structural", "accuracy"),
             "semantic": self._grouped_means(per_sample, samples, "semantic", "accuracy"),
@@ -242,15 +250,9 @@ class VQAv2Suite(_ShortAnswerSuite):
               device: str = "auto", judge=None) -> SuiteResult:
         from uniedit_cli.eval.metrics import text as m
 
-        per_sample: dict[str, dict] = {}
-        for sample in samples:
-            answer = outputs.get(sample.id)
-            if answer is None:
-                per_sample[sample.id] = {"accuracy": 0.0, "error": "no answer"}
-                continue
-            per_sample[sample.id] = {"accuracy": float(m.vqa_accuracy(str(answer), sample.reference["answers"]))}
+        per_sample, accuracy = self._accuracies(
+            samples, outputs, lambda answer, sample: m.vqa_accuracy(answer, sample.reference["answers"]))
         n = len(samples)
-        accuracy = 100.0 * sum(v["accuracy"] for v in per_sample.values()) / n if n else 0.0
         # the official evaluator reports accuracy per answer type (yes/no, number, other)
         by_type = self._grouped_means(per_sample, samples, "answer_type", "accuracy")
         return SuiteResult(metrics={"accuracy": accuracy}, per_sample=per_sample, n=n,
