@@ -523,24 +523,75 @@ def _left_pad(tensor, length: int):
 
 # ---------------------------------------------------------------------- the tiny model
 
-def build_tiny(folder: Path, *, seed: int = 0) -> None:
-    """Write ``janus-tiny``: a random-weight Janus that asks, generates (32x32) and edits offline.
+@dataclass(frozen=True)
+class JanusDims:
+    """The sizes of a Janus model built from config (random weights, no download)."""
 
-    Follows REFERENCE.md's recipe for a tiny config that can generate images: the VQ
-    projection and image-token embedding sizes equal the text hidden size, one image is
-    ``(image_size // patch_size) ** 2`` tokens for both encoders, and BOS / pad / begin-of-image
-    ids sit on the generation config.
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    vocab: int  # the text vocabulary is padded up to this many rows (the tokenizer is small)
+    max_positions: int
+    image_size: int  # both encoders see image_size px; one image is (image_size // 16 or patch) ** 2 tokens
+    patch_size: int
+    vision_hidden: int
+    vision_layers: int
+    vision_heads: int
+    vision_mlp_ratio: float
+    vq_codes: int
+    vq_base_channels: int
+    vq_channel_multiplier: tuple[int, ...]
+    vq_res_blocks: int
+    vq_latent_channels: int
+    tie_embeddings: bool = True  # the text embedding and LM head share weights
+
+    @property
+    def num_image_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+#: ``janus-tiny``: 32 px, an 8x8 token grid for both encoders.
+TINY_DIMS = JanusDims(
+    hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, vocab=0, max_positions=512, image_size=32, patch_size=4,
+    vision_hidden=32, vision_layers=1, vision_heads=4, vision_mlp_ratio=2.0, vq_codes=64, vq_base_channels=32,
+    vq_channel_multiplier=(1, 1, 2), vq_res_blocks=1, vq_latent_channels=32,
+)
+#: The Janus-Pro-1B architecture (deepseek-community/Janus-Pro-1B's config): a 24-layer Llama
+#: (2048 wide, 16 heads, MLP 5632, 102,400-token vocabulary), SigLIP-L/16 at 384 px (576 tokens)
+#: and the VQ16 tokenizer (16,384 codes of 8 dims, a 24x24 grid). Used by benchmarks with random weights.
+JANUS_PRO_1B_DIMS = JanusDims(
+    hidden=2048, layers=24, heads=16, kv_heads=16, intermediate=5632, vocab=102400, max_positions=16384,
+    image_size=384, patch_size=16, vision_hidden=1024, vision_layers=24, vision_heads=16, vision_mlp_ratio=4.0,
+    vq_codes=16384, vq_base_channels=128, vq_channel_multiplier=(1, 1, 2, 2, 4), vq_res_blocks=2,
+    vq_latent_channels=256, tie_embeddings=False,
+)
+
+
+def build_tiny(folder: Path, *, seed: int = 0) -> None:
+    """Write ``janus-tiny``: a random-weight Janus that asks, generates (32x32) and edits offline."""
+    build_random(folder, TINY_DIMS, seed=seed, name="janus-tiny", defaults={"max_new_tokens": 8})
+
+
+def build_random(folder: Path, dims: JanusDims, *, seed: int = 0, name: str, defaults: dict | None = None,
+                 save_dtype=None) -> None:
+    """Write a random-weight Janus of the given sizes in the ``save_pretrained`` layout.
+
+    Follows REFERENCE.md's recipe for a config that can generate images: the VQ projection and
+    image-token embedding sizes equal the text hidden size, one image is
+    ``(image_size // patch_size) ** 2`` tokens for both encoders (the VQ downsamples by
+    ``2 ** (len(channel_multiplier) - 1)``, which must equal the patch size), and BOS / pad /
+    begin-of-image ids sit on the generation config. The tokenizer is a small byte-level BPE
+    trained on the fly; the embedding table is padded to ``dims.vocab`` rows.
     """
+
     from tokenizers import processors
     from transformers import (
         GenerationConfig,
-        JanusConfig,
         JanusForConditionalGeneration,
         JanusImageProcessor,
         JanusProcessor,
-        JanusVisionConfig,
-        JanusVQVAEConfig,
-        LlamaConfig,
         PreTrainedTokenizerFast,
     )
 
@@ -563,27 +614,8 @@ def build_tiny(folder: Path, *, seed: int = 0) -> None:
         padding_side="left", model_max_length=512,
     )
 
-    hidden, image_size, patch_size = 32, 32, 4
-    num_image_tokens = (image_size // patch_size) ** 2  # 64: an 8x8 grid for both encoders
-    text_config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    vision_config = JanusVisionConfig(
-        hidden_size=hidden, num_hidden_layers=1, num_attention_heads=4, mlp_ratio=2.0, image_size=image_size,
-        patch_size=patch_size, projection_dim=hidden, depth=2, num_image_tokens=num_image_tokens,
-    )
-    vq_config = JanusVQVAEConfig(
-        # base_channels 32: the VQ's GroupNorm uses 32 groups. Three levels upsample the 8x8 grid
-        # to 32x32 pixels.
-        embed_dim=8, num_embeddings=64, latent_channels=32, base_channels=32, channel_multiplier=[1, 1, 2],
-        num_res_blocks=1, projection_dim=hidden, image_token_embed_dim=hidden, num_hidden_layers=2,
-    )
-    config = JanusConfig(
-        text_config=text_config, vision_config=vision_config, vq_config=vq_config,
-        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-    )
+    config = janus_config(dims, tokenizer)
+    image_size, num_image_tokens = dims.image_size, dims.num_image_tokens
     model = JanusForConditionalGeneration(config).eval()
     boi_id = tokenizer.convert_tokens_to_ids(BOI_TOKEN)
     # As the converted Janus-Pro checkpoints: guidance 5, temperature 1, pad and BOI ids.
@@ -594,13 +626,50 @@ def build_tiny(folder: Path, *, seed: int = 0) -> None:
         boi_token_id=boi_id, generation_kwargs={"boi_token_id": boi_id},
     )
     image_processor = JanusImageProcessor(
-        # Janus-Pro's preprocessor: mean = std = 0.5; the tiny one sees 32x32 pixels.
+        # Janus-Pro's preprocessor: mean = std = 0.5.
         size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3,
     )
     processor = JanusProcessor(
         image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
         num_image_tokens=num_image_tokens, use_default_system_prompt=False,
     )
+    if save_dtype is not None:
+        model = model.to(save_dtype)
     model.save_pretrained(folder, safe_serialization=True)
     processor.save_pretrained(folder)
-    tiny.write_uniedit_json(folder, family="janus", name="janus-tiny", defaults={"max_new_tokens": 8})
+    tiny.write_uniedit_json(folder, family="janus", name=name, defaults=dict(defaults or {}))
+
+
+def janus_config(dims: JanusDims, tokenizer):
+    """The ``JanusConfig`` of a model of these sizes around ``tokenizer`` (special tokens included)."""
+    from transformers import JanusConfig, JanusVisionConfig, JanusVQVAEConfig, LlamaConfig
+
+    hidden, image_size, patch_size = dims.hidden, dims.image_size, dims.patch_size
+    if 2 ** (len(dims.vq_channel_multiplier) - 1) != patch_size:
+        raise ValueError(f"the VQ downsamples by {2 ** (len(dims.vq_channel_multiplier) - 1)}, the patch size is {patch_size}")
+    num_image_tokens = dims.num_image_tokens  # the same grid for both encoders
+    text_config = LlamaConfig(
+        vocab_size=max(len(tokenizer), dims.vocab), hidden_size=hidden, intermediate_size=dims.intermediate,
+        num_hidden_layers=dims.layers, num_attention_heads=dims.heads, num_key_value_heads=dims.kv_heads,
+        max_position_embeddings=dims.max_positions, **({} if dims.tie_embeddings else {"tie_word_embeddings": False}),
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    vision_config = JanusVisionConfig(
+        hidden_size=dims.vision_hidden, num_hidden_layers=dims.vision_layers, num_attention_heads=dims.vision_heads,
+        mlp_ratio=dims.vision_mlp_ratio, image_size=image_size,
+        patch_size=patch_size, projection_dim=hidden, depth=2, num_image_tokens=num_image_tokens,
+    )
+    vq_extra = {} if dims is TINY_DIMS else {"num_patches": image_size // patch_size}
+    vq_config = JanusVQVAEConfig(
+        # base_channels >= 32: the VQ's GroupNorm uses 32 groups.
+        embed_dim=8, num_embeddings=dims.vq_codes, latent_channels=dims.vq_latent_channels,
+        base_channels=dims.vq_base_channels, channel_multiplier=list(dims.vq_channel_multiplier),
+        num_res_blocks=dims.vq_res_blocks, projection_dim=hidden, image_token_embed_dim=hidden, num_hidden_layers=2,
+        **vq_extra,
+    )
+    config = JanusConfig(
+        text_config=text_config, vision_config=vision_config, vq_config=vq_config,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        **({} if dims.tie_embeddings else {"tie_word_embeddings": False}),
+    )
+    return config
