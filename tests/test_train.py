@@ -551,3 +551,18 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(janus, 
     wa = _tensors(tmp_path / "one" / "final" / "model.safetensors")
     wb = _tensors(tmp_path / "two" / "final" / "model.safetensors")
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-3
+
+
+@pytest.mark.slow
+def test_fsdp_config_on_cpu_ranks_says_it_trains_data_parallel(janus, data20, tmp_path):
+    """accelerate applies FSDP to accelerator ranks only; on CPU ranks the same command still
+    trains (DDP over gloo) and says so instead of silently not sharding."""
+    config = Path(__file__).resolve().parents[1] / "examples" / "accelerate" / "fsdp.yaml"
+    run = subprocess.run(_train_argv(janus, data20, tmp_path / "run", "--max-steps", "2", "--batch-size", "2",
+                                     "--num-processes", "2", "--accelerate-config", str(config)),
+                         env=_env(), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    out = run.stdout + run.stderr
+    assert "asks for FSDP, which accelerate runs on GPUs only" in out and "MULTI_CPU" in out
+    assert "world_size: 2" in (tmp_path / "run" / "config.yaml").read_text()
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()

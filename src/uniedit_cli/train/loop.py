@@ -251,6 +251,14 @@ def _run(accelerator, config: TrainConfig, resolved, *, console, command: list[s
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     say = (lambda text: console.print(text)) if is_main else (lambda text: None)
 
+    asked = [name for name, env in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+             if os.environ.get(env, "").lower() == "true"]
+    if asked and not sharded:
+        # accelerate turns FSDP / DeepSpeed on only for accelerator ranks; CPU ranks stay MULTI_CPU
+        say(f"[yellow]note:[/] the accelerate config asks for {asked[0]}, which accelerate runs on GPUs only: these "
+            f"{str(accelerator.device).split(':')[0].upper()} ranks train with plain data parallelism "
+            f"({accelerator.distributed_type.value}), every rank holding the whole model.")
+
     if tune.ema and sharded:
         raise UsageError("--ema with FSDP or DeepSpeed is not supported (the EMA would hold only this rank's shard).",
                          hint="Train without --ema, or with DDP (examples/accelerate/ddp.yaml).")
