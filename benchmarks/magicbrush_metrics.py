@@ -22,9 +22,9 @@ run, as when a second model is evaluated on the same benchmark.
 On a CPU the ratio is bounded by the work the official loop repeats, not by batching: the
 encoders' matrix multiplications (about 80% of the time) run at the same rate at batch 1 and
 batch 8 (measured on a 2-core AVX-512 EPYC: DINO ViT-S/16 73.6 ms/image at batch 1, 93.1 at 8,
-81.6 at 32; CLIP ViT-B/32 96.0, 67.9, 70.8). The official loop encodes each image pair 3 times
-with CLIP and once with DINO per pass; ours once each, so about 2.5x there (5.4x with the
-reference embeddings kept). The batching gain the 5x target is about shows on a GPU, where one
+81.6 at 32; CLIP ViT-B/32 96.0, 67.9, 70.8). The official loop encodes every image twice with
+CLIP (its CLIP-I and CLIP-T passes) and once with DINO, ours once with each, so about 2.5x there
+(5.4x with the reference embeddings kept). The batching gain the 5x target is about shows on a GPU, where one
 image at a time leaves the device waiting on kernel launches.
 """
 
