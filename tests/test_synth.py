@@ -190,6 +190,20 @@ def test_two_ranks_write_the_same_dataset_as_one(tmp_path):
     assert json.loads((tmp_path / "two" / "uniedit-data.json").read_text())["rows"] == 40
 
 
+def test_only_the_writing_rank_records_the_run_arguments(tmp_path):
+    """Rank 0 sweeps stale temporaries right after the check; a second rank writing the same
+    file then lost its temporary mid-rename (FileNotFoundError in a CI run)."""
+    from uniedit_cli.synth.pipeline import SynthConfig
+    from uniedit_cli.synth.pipeline import _check_resumable
+
+    config = SynthConfig(out=str(tmp_path)).resolved()
+    _check_resumable(tmp_path, config, 10, write=False)
+    assert not (tmp_path / ".synth-run.json").exists()
+    _check_resumable(tmp_path, config, 10)
+    assert (tmp_path / ".synth-run.json").exists()
+    _check_resumable(tmp_path, config, 10, write=False)  # the other ranks read it and agree
+
+
 def test_model_classifier_path_and_reply_parsing(cli, tmp_path):
     from uniedit_cli.synth.classify import parse_category
 

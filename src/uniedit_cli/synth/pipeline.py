@@ -364,7 +364,7 @@ def run(config: SynthConfig, *, console=None) -> SynthSummary:
         raise UsageError(f"no rows to synthesise from {config.vqa} ({the_plan.seen} records read; dropped: "
                          f"{dict(reasons) or 'none'}).", hint="Check --vqa-path/--split, or keep more categories.")
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_resumable(out_dir, config, len(the_plan.rows))
+    _check_resumable(out_dir, config, len(the_plan.rows), write=state.is_main_process)
     bounds = chunk_bounds(len(the_plan.rows), config.chunk_size)
     total = len(bounds)
     if state.is_main_process:
@@ -463,8 +463,11 @@ RUN_KEYS = ("vqa", "vqa_path", "split", "num_rows", "editor", "judge", "rewriter
             "min_clip_img", "require_judge_ok", "holdout", "source_options")
 
 
-def _check_resumable(out_dir: Path, config: SynthConfig, n_rows: int) -> None:
-    """A folder resumes only the run that made it: other arguments would mix two datasets."""
+def _check_resumable(out_dir: Path, config: SynthConfig, n_rows: int, *, write: bool = True) -> None:
+    """A folder resumes only the run that made it: other arguments would mix two datasets.
+
+    Every rank checks; only one (``write``) records the arguments, because rank 0 then sweeps
+    the folder's stale temporaries and would delete another rank's half-written copy."""
     path = out_dir / writer.MANIFEST
     current = {k: _jsonable(getattr(config, k)) for k in RUN_KEYS} | {"planned_rows": n_rows}
     state_path = out_dir / ".synth-run.json"
@@ -476,9 +479,10 @@ def _check_resumable(out_dir: Path, config: SynthConfig, n_rows: int) -> None:
                              hint="Rerun with the same arguments to resume it, or pass a new --out.")
     elif any(out_dir.glob("*/data-*.parquet")) and not path.exists():
         raise UsageError(f"--out {str(out_dir)!r} already has parquet shards from something else.", hint="Pass a new --out.")
-    from uniedit_cli.io import write_json
+    if write:
+        from uniedit_cli.io import write_json
 
-    write_json(state_path, current)
+        write_json(state_path, current)
 
 
 def _jsonable(value):
