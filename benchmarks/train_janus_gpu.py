@@ -13,19 +13,33 @@ mixed precision) once per configuration, each in a fresh process:
 Per configuration it prints:
 
 - samples/s: optimizer steps after ``--warmup`` steps, from the loop's own per-step log
-  (``metrics.jsonl``; each log step reads the loss back, so the GPU is synchronised);
-- model FLOPs per sample: counted, not estimated, with ``torch.utils.flop_counter.FlopCounterMode``
-  over one forward + backward of the same objective, same frozen parts and LoRA, on one batch
-  (matmuls, convolutions and attention as run; no recomputation: with gradient checkpointing
-  the count is still the model's, so MFU stays model-FLOPs utilisation);
-- MFU = FLOPs/sample x samples/s / ``--peak-flops`` (default 989e12: H100 SXM dense bf16;
-  use 756e12 for H100 PCIe);
+  (``metrics.jsonl``; ``--log-every 1`` and each log step reads the mean loss back with
+  ``float()``, a device sync, before it takes the time, so no queued GPU work is left out);
+- model FLOPs per sample, by formula, from the shapes of one forward of the same objective on one
+  batch (forward hooks on every ``nn.Linear`` / ``nn.Conv2d`` / attention call; same frozen parts,
+  same LoRA; no recomputation, so with gradient checkpointing it is still model FLOPs)::
+
+      FLOPs = 6 * W_trained * T + 4 * W_frozen,backprop * T + 2 * W_frozen,forward * T
+              + sum over attention calls of 4 * S_q * S_k * heads * head_dim * (3 if backpropagated else 1)
+
+  where W * T is, per matmul/conv weight, its multiply-accumulates (weight elements x the
+  tokens or output pixels it is applied to): weights that train count forward (2), input gradient
+  (2) and weight gradient (2); frozen weights with a gradient flowing through them (LoRA's base
+  layers, frozen layers above trained ones) forward and input gradient (4); frozen weights outside
+  the gradient path (SigLIP when frozen, the VQ encoder, which runs under no_grad) forward only (2).
+  Attention counts QK^T and AV over the full (causal or not) S_q x S_k square, the PaLM
+  convention. Biases, norms, softmax, the VQ codebook lookup and the loss are left out (<1%);
+- the same quantity counted by ``torch.utils.flop_counter.FlopCounterMode`` over that forward +
+  backward, as a check (it sees the kernels that ran, including the VQ's codebook distances);
+- MFU = formula FLOPs/sample x samples/s / ``--peak-flops`` (default 989e12: H100 SXM dense bf16;
+  756e12 for H100 PCIe, 1979e12 would be the sparse figure and is not what dense training gets);
 - peak memory: ``torch.cuda.max_memory_allocated`` and ``max_memory_reserved`` over the
   training run (weights in fp32 with bf16 autocast, AdamW states, activations).
 
 ``--find-max-batch`` doubles the batch from ``--batch-size`` until a run runs out of memory and
-reports the largest that trained, per mode (full / LoRA) and checkpointing setting: what fits
-on this GPU. Vision stays frozen (the Janus default in ``uniedit train``); the VQ is always frozen.
+reports the largest that trained, per mode (full / LoRA) and checkpointing setting (``--checkpointing``
+defaults to ``off,on`` with it): what fits on this GPU. Vision stays frozen (the Janus default in
+``uniedit train``); the VQ is always frozen.
 """
 
 from __future__ import annotations
@@ -54,8 +68,57 @@ def _train_options(spec: dict, run_dir: Path) -> dict:
     }
 
 
-def count_flops(spec: dict) -> float:
-    """FLOPs of one forward + backward of the edit objective on one batch, per sample."""
+class FormulaFlops:
+    """The docstring's formula, from the shapes one forward sees (forward hooks; nothing is timed)."""
+
+    def __init__(self, root):
+        from torch import nn
+
+        self.terms = {"trained": 0, "frozen_backprop": 0, "frozen_forward": 0, "attention": 0}
+        self.handles = []
+        for module in root.modules():
+            name = type(module).__name__
+            if isinstance(module, nn.Linear):
+                self.handles.append(module.register_forward_hook(lambda m, a, out: self._matmul(m, out, out.shape[-1])))
+            elif isinstance(module, nn.Conv2d):
+                self.handles.append(module.register_forward_hook(lambda m, a, out: self._matmul(m, out, out.shape[1])))
+            elif name.endswith("Attention") and hasattr(module, "head_dim"):  # Llama, SigLIP: (B, S, hidden) in
+                self.handles.append(module.register_forward_hook(self._attention, with_kwargs=True))
+            elif name.endswith("AttnBlock"):  # the VQ's single-head conv attention: (B, C, H, W) in
+                self.handles.append(module.register_forward_hook(self._conv_attention))
+
+    def _matmul(self, module, output, channels: int) -> None:
+        macs = output.numel() // channels * module.weight.numel()  # weight elements x positions applied to
+        if module.weight.requires_grad:
+            self.terms["trained"] += 6 * macs
+        elif output.requires_grad:
+            self.terms["frozen_backprop"] += 4 * macs
+        else:
+            self.terms["frozen_forward"] += 2 * macs
+
+    def _attention(self, module, args, kwargs, output) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        batch, seq = hidden.shape[0], hidden.shape[1]
+        heads = getattr(module, "num_heads", None) or module.config.num_attention_heads
+        out = output[0] if isinstance(output, tuple) else output
+        self.terms["attention"] += 4 * batch * seq * seq * heads * module.head_dim * (3 if out.requires_grad else 1)
+
+    def _conv_attention(self, module, args, output) -> None:
+        batch, channels, height, width = args[0].shape
+        positions = height * width
+        self.terms["attention"] += 4 * batch * positions * positions * channels * (3 if output.requires_grad else 1)
+
+    def total(self) -> int:
+        return sum(self.terms.values())
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def count_flops(spec: dict) -> dict:
+    """FLOPs per sample of one forward + backward of the edit objective on one batch: by the
+    docstring's formula (``formula``, with its ``terms``) and by ``FlopCounterMode`` (``counted``)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -82,16 +145,21 @@ def count_flops(spec: dict) -> float:
     batch = objectives.adapter_batch(data_mod.collate_rows([rows[i] for i in range(spec["batch"])]),
                                      drop_text_prob=0.0, drop_image_prob=0.0)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=spec["precision"] == "bf16")
+    formula = FormulaFlops(trainee.root)
     counter = FlopCounterMode(display=False)
-    with counter:
-        with autocast:
-            loss = trainee.training_loss(batch)
-        loss.backward()
-    flops = counter.get_total_flops() / spec["batch"]
+    try:
+        with counter:
+            with autocast:
+                loss = trainee.training_loss(batch)
+            loss.backward()
+    finally:
+        formula.close()
+    result = {"formula": formula.total() / spec["batch"], "counted": counter.get_total_flops() / spec["batch"],
+              "terms": {k: v / spec["batch"] for k, v in formula.terms.items()}}
     del adapter, trainee, batch, loss
     if device == "cuda":
         torch.cuda.empty_cache()
-    return float(flops)
+    return result
 
 
 def worker(spec: dict) -> dict:
@@ -105,7 +173,10 @@ def worker(spec: dict) -> dict:
     cuda = spec["device"] == "cuda"
     out: dict = {"batch": spec["batch"], "lora": spec["lora"], "checkpointing": spec["checkpointing"]}
     try:
-        out["flops_per_sample"] = None if spec["no_flops"] else count_flops(spec)
+        if not spec["no_flops"]:
+            flops = count_flops(spec)
+            out.update(flops_per_sample=flops["formula"], counted_flops_per_sample=flops["counted"],
+                       flops_terms=flops["terms"])
     except torch.cuda.OutOfMemoryError:
         return {**out, "oom": True, "where": "flop count"}
     if cuda:
@@ -175,7 +246,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--modes", default="full,lora", help="comma list of full, lora")
-    parser.add_argument("--checkpointing", default="off", help="comma list of off, on (gradient checkpointing)")
+    parser.add_argument("--checkpointing", help="comma list of off, on (gradient checkpointing); default off, "
+                        "or off,on with --find-max-batch")
     parser.add_argument("--find-max-batch", action="store_true")
     parser.add_argument("--max-batch", type=int, default=256, help="stop doubling here")
     parser.add_argument("--peak-flops", type=float, default=H100_SXM_BF16, help="the device's peak FLOP/s")
@@ -199,9 +271,10 @@ def main() -> int:
     model_dir, data_dir = _prepare(work, args.tiny, dims.image_size)
     base = {"model": str(model_dir), "data": str(data_dir), "device": device, "precision": args.precision,
             "steps": args.steps, "warmup": args.warmup, "work": str(work), "no_flops": False}
+    checkpointing = args.checkpointing or ("off,on" if args.find_max_batch else "off")
     results = []
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-        for ckpt in [c.strip() for c in args.checkpointing.split(",") if c.strip()]:
+        for ckpt in [c.strip() for c in checkpointing.split(",") if c.strip()]:
             spec = {**base, "lora": mode == "lora", "checkpointing": ckpt == "on", "batch": args.batch_size}
             result = _launch(spec)
             result["mode"] = mode
@@ -221,6 +294,7 @@ def main() -> int:
     for r in results:
         if not r["oom"] and r.get("flops_per_sample"):
             r["mfu"] = r["flops_per_sample"] * r["samples_per_second"] / args.peak_flops
+            r["mfu_counted"] = r["counted_flops_per_sample"] * r["samples_per_second"] / args.peak_flops
     summary = {"model": "janus-tiny" if args.tiny else "Janus-Pro-1B architecture, random weights", "device": gpu,
                "precision": args.precision, "peak_flops": args.peak_flops, "results": results}
     if args.json:
@@ -230,18 +304,19 @@ def main() -> int:
     from rich.table import Table
 
     table = Table(title=f"uniedit train, {summary['model']}, {args.precision}, {gpu}")
-    for col in ("mode", "ckpt", "batch", "samples/s", "GFLOP/sample", "MFU", "peak alloc GiB", "peak reserved GiB",
-                "max batch"):
+    for col in ("mode", "ckpt", "batch", "samples/s", "GFLOP/sample", "counted", "MFU", "peak alloc GiB",
+                "peak reserved GiB", "max batch"):
         table.add_column(col, justify="right")
     for r in results:
         if r["oom"]:
             table.add_row(r["mode"], "on" if r["checkpointing"] else "off", str(r["batch"]), "out of memory",
-                          *[""] * 5)
+                          *[""] * 6)
             continue
         gib = (lambda v: "-" if v is None else f"{v:.1f}")
         table.add_row(
             r["mode"], "on" if r["checkpointing"] else "off", str(r["batch"]), f"{r['samples_per_second']:.2f}",
-            f"{r['flops_per_sample'] / 1e9:,.1f}", f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-",
+            f"{r['flops_per_sample'] / 1e9:,.4g}", f"{r['counted_flops_per_sample'] / 1e9:,.4g}",
+            f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-",
             gib(r["peak_allocated_gib"]), gib(r["peak_reserved_gib"]), str(r.get("max_batch", "-")))
     Console().print(table)
     return 0

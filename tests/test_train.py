@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -553,16 +554,65 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(janus, 
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-3
 
 
+FSDP_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "accelerate" / "fsdp.yaml"
+
+
 @pytest.mark.slow
-def test_fsdp_config_on_cpu_ranks_says_it_trains_data_parallel(janus, data20, tmp_path):
-    """accelerate applies FSDP to accelerator ranks only; on CPU ranks the same command still
-    trains (DDP over gloo) and says so instead of silently not sharding."""
-    config = Path(__file__).resolve().parents[1] / "examples" / "accelerate" / "fsdp.yaml"
-    run = subprocess.run(_train_argv(janus, data20, tmp_path / "run", "--max-steps", "2", "--batch-size", "2",
-                                     "--num-processes", "2", "--accelerate-config", str(config)),
+def test_fsdp2_on_two_cpu_ranks_shards_and_matches_one_process(janus, data20, tmp_path):
+    """accelerate leaves CPU ranks MULTI_CPU; the loop switches them to FSDP2 (fully_shard over
+    gloo): the run is sharded, trains like one process with the same global batch, and final/ is
+    gathered from the full state dict and loads."""
+    from uniedit_cli import registry
+    from uniedit_cli.models.base import load_model
+
+    common = ["--max-steps", "3", "--precision", "fp32"]
+    one = subprocess.run(_train_argv(janus, data20, tmp_path / "one", *common, "--batch-size", "4"), env=_env(),
+                         capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    run = subprocess.run(_train_argv(janus, data20, tmp_path / "fsdp", *common, "--batch-size", "2",
+                                     "--num-processes", "2", "--accelerate-config", str(FSDP_CONFIG)),
                          env=_env(), capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    out = run.stdout + run.stderr
-    assert "asks for FSDP, which accelerate runs on GPUs only" in out and "MULTI_CPU" in out
-    assert "world_size: 2" in (tmp_path / "run" / "config.yaml").read_text()
-    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    assert "GPUs only" not in run.stdout + run.stderr
+    derived = (tmp_path / "fsdp" / "config.yaml").read_text()
+    assert "world_size: 2" in derived and "distributed_type: DistributedType.FSDP" in derived
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "fsdp")
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (a, b)
+    wa = _tensors(tmp_path / "one" / "final" / "model.safetensors")
+    wb = _tensors(tmp_path / "fsdp" / "final" / "model.safetensors")
+    w0 = _tensors(janus / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
+    assert max(float((wb[k] - w0[k]).abs().max()) for k in wb if k in w0) > 1e-4  # it trained
+    adapter = load_model(registry.resolve(str(tmp_path / "fsdp" / "final"), None), device="cpu", dtype="fp32")
+    source = sorted((data20).rglob("*.png"))[0]
+    (edited,) = adapter.edit([Image.open(source).convert("RGB")], ["make it red"], seeds=[0])
+    assert edited.size[0] > 0
+
+
+@pytest.mark.slow
+def test_fsdp2_lora_on_cpu_ranks_checkpoints_and_resumes(janus, data20, tmp_path):
+    argv = _train_argv(janus, data20, tmp_path / "run", "--max-steps", "3", "--precision", "fp32", "--batch-size", "2",
+                       "--lora", "--save-every", "2", "--num-processes", "2", "--accelerate-config", str(FSDP_CONFIG))
+    first = subprocess.run(argv, env=_env(), capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    final = tmp_path / "run" / "final"
+    assert (final / "lora" / "adapter_model.safetensors").is_file()
+    whole = _tensors(final / "model.safetensors")
+    shutil.rmtree(final)
+    resumed = subprocess.run([*argv, "--resume", "latest"], env=_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    again = _tensors(final / "model.safetensors")
+    assert max(float((whole[k] - again[k]).abs().max()) for k in whole) < 1e-6
+
+
+@pytest.mark.slow
+def test_fsdp1_config_on_cpu_ranks_is_refused_with_a_hint(janus, data20, tmp_path):
+    config = tmp_path / "fsdp1.yaml"
+    config.write_text(FSDP_CONFIG.read_text().replace("fsdp_version: 2", "fsdp_version: 1"))
+    run = subprocess.run(_train_argv(janus, data20, tmp_path / "run", "--max-steps", "1", "--batch-size", "2",
+                                     "--num-processes", "2", "--accelerate-config", str(config)),
+                         env=_env(), capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "FSDP version 1" in run.stderr and "fsdp_version: 2" in run.stderr

@@ -37,6 +37,39 @@ def test_janus_pro_1b_dims_give_the_published_architecture(tiny_model):
     assert config.vq_config.num_embeddings == 16384 and config.vq_config.embed_dim == 8
 
 
+def _bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_janus_gpu", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_worker_trains_tiny_janus_and_its_flop_formula_matches_the_counter(tiny_model, tmp_path):
+    """The benchmark's worker in-process at janus-tiny's size: trains through ``uniedit train``
+    and the docstring's FLOP formula lands within a few percent of FlopCounterMode's count."""
+    from typer.testing import CliRunner
+
+    from uniedit_cli.cli import app, set_invoked_argv
+
+    data = tmp_path / "data"
+    args = ["synth", "--num-rows", "12", "--size", "32", "--holdout", "0", "--out", str(data), "--seed", "0"]
+    set_invoked_argv(args)
+    assert CliRunner().invoke(app, args, catch_exceptions=False).exit_code == 0
+    bench = _bench_module()
+    spec = {"model": str(tiny_model("janus-tiny")), "data": str(data), "device": "cpu", "precision": "bf16",
+            "steps": 2, "warmup": 1, "work": str(tmp_path / "work"), "no_flops": False, "batch": 4}
+    full = bench.worker({**spec, "lora": False, "checkpointing": False})
+    lora = bench.worker({**spec, "lora": True, "checkpointing": True})
+    for r in (full, lora):
+        assert not r["oom"] and r["steps_timed"] == 2 and r["samples_per_second"] > 0
+        assert abs(r["flops_per_sample"] / r["counted_flops_per_sample"] - 1) < 0.1, r
+        assert r["flops_terms"]["attention"] > 0 and r["flops_terms"]["frozen_forward"] > 0  # SigLIP, the VQ
+    assert full["flops_terms"]["frozen_backprop"] == 0 < lora["flops_terms"]["frozen_backprop"]  # LoRA's base layers
+    assert lora["flops_terms"]["trained"] < full["flops_terms"]["trained"]
+
+
 def _run(tmp_path, *args: str) -> dict:
     proc = subprocess.run([sys.executable, str(BENCH), "--tiny", "--steps", "2", "--warmup", "1", "--json",
                            "--work", str(tmp_path / "work"), *args], capture_output=True, text=True, timeout=600)

@@ -117,7 +117,14 @@ def _accelerator(config: TrainConfig, run_dir: Path, *, find_unused: bool):
     if mixed == "fp16" and not cuda:
         raise UsageError("--precision fp16 needs a GPU (loss scaling is a CUDA feature).",
                          hint="Use --precision bf16 or fp32 on the CPU.")
-    return Accelerator(
+    if (not cuda and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+            and os.environ.get("FSDP_VERSION", "1") != "2"):
+        # accelerate's FullyShardedDataParallelPlugin (built by Accelerator from the FSDP_*
+        # environment) asks torch.cuda / npu / xpu for the current device and raises on CPU ranks
+        raise UsageError("the accelerate config asks for FSDP version 1, which accelerate builds for GPU ranks only.",
+                         hint="Set fsdp_version: 2 in the config (as examples/accelerate/fsdp.yaml): FSDP2 shards CPU "
+                              "ranks too.")
+    accelerator = Accelerator(
         gradient_accumulation_steps=config.optim.grad_accum,
         mixed_precision=mixed,
         cpu=cpu,
@@ -126,6 +133,33 @@ def _accelerator(config: TrainConfig, run_dir: Path, *, find_unused: bool):
         step_scheduler_with_optimizer=False,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
     )
+    _fsdp_on_cpu_ranks(accelerator)
+    return accelerator
+
+
+def _fsdp_on_cpu_ranks(accelerator) -> None:
+    """FSDP2 over gloo for CPU ranks, which accelerate leaves MULTI_CPU.
+
+    accelerate (1.x, ``AcceleratorState.__init__``) selects FSDP only for accelerator ranks
+    (MULTI_GPU / NPU / XPU / ...), although torch's ``fully_shard`` shards, gathers and
+    reduce-scatters over gloo on CPU meshes. For a ``distributed_type: FSDP`` config on CPU ranks
+    (``fsdp_version: 2``; version 1 was refused before the Accelerator was built), switch the
+    accelerator state to FSDP with the plugin the config describes (accelerate's own ``FullyShardedDataParallelPlugin``, read from the
+    ``FSDP_*`` environment ``accelerate launch`` exported); ``prepare`` then shards as on GPUs.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if accelerator.distributed_type != DistributedType.MULTI_CPU or os.environ.get(
+            "ACCELERATE_USE_FSDP", "").lower() != "true":
+        return
+    plugin = FullyShardedDataParallelPlugin()
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    # both shared states: every AcceleratorState() copies PartialState's fields over its own
+    PartialState().distributed_type = DistributedType.FSDP
+    accelerator.state.distributed_type = DistributedType.FSDP
+    accelerator.state.fsdp_plugin = plugin
 
 
 def _reset_accelerate() -> None:
@@ -255,6 +289,7 @@ def _run(accelerator, config: TrainConfig, resolved, *, console, command: list[s
              if os.environ.get(env, "").lower() == "true"]
     if asked and not sharded:
         # accelerate turns FSDP / DeepSpeed on only for accelerator ranks; CPU ranks stay MULTI_CPU
+        # (_fsdp_on_cpu_ranks lifts that for FSDP2)
         say(f"[yellow]note:[/] the accelerate config asks for {asked[0]}, which accelerate runs on GPUs only: these "
             f"{str(accelerator.device).split(':')[0].upper()} ranks train with plain data parallelism "
             f"({accelerator.distributed_type.value}), every rank holding the whole model.")
