@@ -505,6 +505,17 @@ def _tensors(path: Path) -> dict:
     return load_file(str(path))
 
 
+def test_resuming_drops_the_log_lines_of_steps_after_the_checkpoint(tmp_path):
+    from uniedit_cli.train.loop import _drop_metrics_after
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [{"step": 1, "loss": 1.0}, {"step": 2, "val_loss": 0.9}, {"step": 2, "loss": 0.8}, {"step": 3, "loss": 0.7}]
+    path.write_text("".join(json.dumps(m) + "\n" for m in lines) + '{"step": 4, "lo')  # torn by a kill
+    assert _drop_metrics_after(path, 2) == 2
+    assert metrics(tmp_path) == lines[:3]
+    assert _drop_metrics_after(path, 2) == 0 and _drop_metrics_after(tmp_path / "none.jsonl", 0) == 0
+
+
 @pytest.mark.slow
 def test_kill_9_then_resume_latest_equals_an_uninterrupted_run(ip2p, data20, tmp_path):
     import torch
@@ -532,6 +543,10 @@ def test_kill_9_then_resume_latest_equals_an_uninterrupted_run(ip2p, data20, tmp
     b = _tensors(killed / "final" / "unet" / "diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run's"
+    # the steps trained again after checkpoint-8 are logged once, as in the uninterrupted run
+    logged = [(m["step"], "loss" in m) for m in metrics(killed)]
+    assert logged == [(m["step"], "loss" in m) for m in metrics(whole)]
+    assert losses(killed) == pytest.approx(losses(whole), abs=1e-6)
 
 
 @pytest.mark.slow
@@ -605,6 +620,8 @@ def test_fsdp2_lora_on_cpu_ranks_checkpoints_and_resumes(janus, data20, tmp_path
     assert "resuming from" in resumed.stdout + resumed.stderr
     again = _tensors(final / "model.safetensors")
     assert max(float((whole[k] - again[k]).abs().max()) for k in whole) < 1e-6
+    steps = [m["step"] for m in metrics(tmp_path / "run") if "loss" in m]
+    assert steps == [1, 2, 3], "step 3, trained again after checkpoint-2, is logged once"
 
 
 @pytest.mark.slow

@@ -162,6 +162,33 @@ def _fsdp_on_cpu_ranks(accelerator) -> None:
     accelerator.state.fsdp_plugin = plugin
 
 
+def _drop_metrics_after(path: Path, step: int) -> int:
+    """Forget the log lines of steps after the checkpoint a run resumes from: they are trained
+    again, and two records for one step would double them in every plot. A line that does not
+    parse (torn by a kill mid-write) goes too. Returns how many lines were dropped."""
+    import json
+
+    from uniedit_cli.io import write_text
+
+    if not path.exists():
+        return 0
+    keep, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            late = int(json.loads(line)["step"]) > step
+        except (ValueError, KeyError, TypeError):
+            late = True
+        if late:
+            dropped += 1
+        else:
+            keep.append(line)
+    if dropped:
+        write_text(path, "".join(f"{line}\n" for line in keep))
+    return dropped
+
+
 def _reset_accelerate() -> None:
     """Let a later in-process run (tests, notebooks) build an Accelerator with other settings."""
     from accelerate.state import AcceleratorState, GradientState
@@ -384,6 +411,8 @@ def _run(accelerator, config: TrainConfig, resolved, *, console, command: list[s
                 hint="Resume with a batch size, process count and accumulation that give the same global batch.")
         accelerator.load_state(str(resume_path))
         global_step = int(state["global_step"])
+        if is_main:
+            _drop_metrics_after(run_dir / METRICS_FILE, global_step)
 
     derived = {
         "family": resolved.family, "base_model": resolved.display, "model_location": resolved.location,
