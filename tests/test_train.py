@@ -580,7 +580,7 @@ def test_fsdp2_on_two_cpu_ranks_shards_and_matches_one_process(janus, data20, tm
     from uniedit_cli import registry
     from uniedit_cli.models.base import load_model
 
-    common = ["--max-steps", "3", "--precision", "fp32"]
+    common = ["--max-steps", "3", "--precision", "fp32", "--val-every", "2"]  # validation at step 2, then a step
     one = subprocess.run(_train_argv(janus, data20, tmp_path / "one", *common, "--batch-size", "4"), env=_env(),
                          capture_output=True, text=True)
     assert one.returncode == 0, one.stderr
@@ -593,6 +593,13 @@ def test_fsdp2_on_two_cpu_ranks_shards_and_matches_one_process(janus, data20, tm
     assert "world_size: 2" in derived and "distributed_type: DistributedType.FSDP" in derived
     a, b = losses(tmp_path / "one"), losses(tmp_path / "fsdp")
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (a, b)
+    # the validation edits ran on the gathered weights (the same pictures as one process draws),
+    # and step 3 after them trained as without sharding (checked by the losses above)
+    import numpy as np
+
+    grids = [np.asarray(Image.open(tmp_path / name / "validation" / "step-000002.png").convert("RGB"))[40:]
+             for name in ("one", "fsdp")]  # below the title, which prints the validation loss
+    assert grids[0].shape == grids[1].shape and np.abs(grids[0].astype(int) - grids[1]).mean() < 1.0
     wa = _tensors(tmp_path / "one" / "final" / "model.safetensors")
     wb = _tensors(tmp_path / "fsdp" / "final" / "model.safetensors")
     w0 = _tensors(janus / "model.safetensors")

@@ -266,6 +266,41 @@ def _ema_weights(ema, params):
         ema.restore(params)
 
 
+def _fsdp2_units(model) -> list:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch < 2.6
+        return []
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+@contextmanager
+def _whole_weights(model, reshard_after_forward: bool):
+    """FSDP2: all-gather every unit's shard and keep it whole for the duration.
+
+    Validation edits call the adapter's submodules directly (Janus' sampling loop, the UNet
+    through the pipeline), outside the wrapped root forward whose hooks gather the root unit's
+    parameters; and with resharding after every forward, a 576-token sampling loop would
+    all-gather each decoder layer once per token. So: resharding after forward off (the
+    FSDP2 pattern for evaluation), every unit unsharded, and both undone afterwards
+    (``fully_shard`` leaves the root unit unresharded after forward). Every rank must enter:
+    the gathers are collectives. Costs the whole weights' memory on each rank meanwhile."""
+    units = _fsdp2_units(model)
+    if not units:
+        yield
+        return
+    model.set_reshard_after_forward(False)
+    for unit in units:
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+        model.set_reshard_after_forward(bool(reshard_after_forward))
+        model.set_reshard_after_forward(False, recurse=False)
+
+
 def run(config: TrainConfig, *, console, command: list[str]) -> TrainResult:
     """Train ``config.model`` on ``config.data``; see the module docstring. All ranks call this."""
     from uniedit_cli import registry
@@ -447,7 +482,12 @@ def _run(accelerator, config: TrainConfig, resolved, *, console, command: list[s
         edit_options["steps"] = log.val_steps or min(20, int(edit_options.get("steps", 20)))
     if "size" in knobs:
         edit_options["size"] = resolution
-    draw_edits = not sharded  # sharded weights are whole only inside the wrapped forward
+    # sharded weights are whole only inside the wrapped forward: FSDP2 gathers them for the
+    # validation edits (_whole_weights); FSDP1 and DeepSpeed report the validation loss only
+    fsdp_plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    reshard = getattr(fsdp_plugin, "reshard_after_forward", None)
+    fsdp2 = accelerator.distributed_type == DistributedType.FSDP and isinstance(reshard, bool)
+    draw_edits = not sharded or fsdp2
 
     def validate(step: int) -> dict | None:
         if not val_rows:
@@ -466,7 +506,7 @@ def _run(accelerator, config: TrainConfig, resolved, *, console, command: list[s
                     count += len(chunk)
                 outputs = [None] * len(val_rows)
                 if draw_edits:
-                    with accelerator.autocast():
+                    with accelerator.autocast(), _whole_weights(objective, bool(reshard) if fsdp2 else True):
                         outputs = trainee.edit([r["source"] for r in val_rows], [r["instruction"] for r in val_rows],
                                                seeds=[config.seed + i for i in range(len(val_rows))], **edit_options)
         finally:
