@@ -184,3 +184,13 @@ def test_a_batch_folder_resumes_only_the_run_that_made_it(cli, ip2p, tmp_path):
     result = cli(["edit", "--batch", batch, "--model", ip2p, "--out", out, *FAST, "--guidance", "3"])
     assert result.exit_code == 2 and "options" in result.stderr and "new --out" in result.stderr
     assert cli(["edit", "--batch", batch, "--model", ip2p, "--out", out, *FAST]).exit_code == 0
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_the_model_loads(cli, ip2p, sample_image, tmp_path):
+    batch = _write_batch(tmp_path / "edits.jsonl", [{"id": "a", "image": str(sample_image), "instruction": "x"}])
+    result = cli(["edit", "--batch", batch, "--model", ip2p, "--out", "/proc/uniedit-cannot-write", *FAST])
+    assert result.exit_code == 2 and "--out '/proc/uniedit-cannot-write' cannot be written" in result.stderr
+    (tmp_path / "file").write_text("x")
+    result = cli(["edit", str(sample_image), "x", "--model", ip2p, "--out", tmp_path / "file" / "o.png", *FAST])
+    assert result.exit_code == 2 and "is a file, not a folder" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

@@ -83,3 +83,26 @@ def test_read_jsonl_reports_bad_lines(tmp_path):
     rows = list(read_jsonl(path))
     assert [(line, err is None) for line, _, err in rows] == [(1, True), (3, False), (4, False), (5, True)]
     assert "malformed JSON" in rows[1][2]
+
+
+def test_written_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        for path in (save_image(Image.new("RGB", (3, 3)), tmp_path / "x.png"), write_json(tmp_path / "x.json", {})):
+            assert oct(path.stat().st_mode & 0o777) == oct(0o644)  # others on a shared cluster can read results
+    finally:
+        os.umask(old)
+
+
+def test_read_jsonl_skips_a_non_utf8_line_and_reads_a_bom(tmp_path):
+    path = tmp_path / "b.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"a": 1}\n{"p": "caf\xe9"}\n{"a": "x\n{"b": 2}\n')
+    rows = list(read_jsonl(path))
+    assert [(line, err is None) for line, _, err in rows] == [(1, True), (2, False), (3, False), (4, True)]
+    assert rows[0][1] == {"a": 1}
+    assert "not UTF-8" in rows[1][2] and "0xe9" in rows[1][2]
+    assert rows[2][2] == "malformed JSON (Unterminated string starting at column 7)"
+    with pytest.raises(InputError, match="is a folder"):
+        list(read_jsonl(tmp_path))

@@ -108,10 +108,24 @@ def to_rgb(img):
     return img
 
 
+def _umask() -> int:
+    global _UMASK
+    if _UMASK is None:  # read once: os.umask can only be read by setting it
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return _UMASK
+
+
+_UMASK: int | None = None
+
+
 def _atomic_target(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:  # mkstemp creates 0600; the renamed file gets the mode a plain open() would (0644 at umask 022)
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
     return Path(tmp)
 
 
@@ -173,15 +187,21 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict | None, str 
     path = Path(path)
     if not path.exists():
         raise InputError(f"batch file {str(path)!r}: no such file.", hint="Pass a .jsonl file with one JSON object per line.")
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            line = line.strip()
+    if path.is_dir():
+        raise InputError(f"batch file {str(path)!r} is a folder.", hint="Pass a .jsonl file with one JSON object per line.")
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8").strip().lstrip("\ufeff")  # a BOM from some editors
+            except UnicodeDecodeError as exc:
+                yield number, None, f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); save the file as UTF-8"
+                continue
             if not line:
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield number, None, f"malformed JSON ({exc.msg} at column {exc.colno})"
+                yield number, None, f"malformed JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})"
                 continue
             if not isinstance(row, dict):
                 yield number, None, "not a JSON object"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from enum import Enum
 from typing import Annotated, Optional
@@ -54,6 +55,12 @@ def handle_errors(func):
                     f"out of memory: {str(exc).splitlines()[0]}",
                     hint="Try a smaller --batch-size, --dtype bf16, a smaller --size, or more processes.",
                 )) from None
+            if isinstance(exc, OSError) and exc.filename and not os.environ.get("UNIEDIT_TRACEBACK"):
+                # a file-system refusal (read-only, permission, disk full) with the path it concerns
+                where = f"{exc.filename!s}" + (f" -> {exc.filename2!s}" if exc.filename2 else "")
+                raise fail(UniEditError(f"{exc.strerror or type(exc).__name__}: {where}",
+                                        hint="Check that the path exists and can be written "
+                                             "(UNIEDIT_TRACEBACK=1 shows where it happened).")) from None
             raise
 
     return wrapper
@@ -86,6 +93,25 @@ NumProcessesOpt = Annotated[Optional[int], typer.Option("--num-processes", min=1
 AccelerateConfigOpt = Annotated[Optional[str], typer.Option("--accelerate-config", help="An accelerate config YAML (multi-node, FSDP, ...); implies `accelerate launch`.")]
 
 
+def check_writable_dir(folder, flag: str = "--out") -> None:
+    """Before any model loads: ``folder`` is (or can be made) a folder this process can write
+    into. A file in the way, a read-only file system or a missing permission is a usage error
+    naming ``flag``, not a traceback after the work is done."""
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{flag} {str(folder)!r} is a file, not a folder.", hint="Pass a folder path (or remove the file).")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{flag} {str(folder)!r} cannot be written ({exc.strerror or exc}).",
+                         hint="Pass a folder you can write to.") from None
+
+
 def generation_overrides(**values) -> dict:
     """Only the knobs the user actually set; the rest come from the model's defaults."""
     return {key: value for key, value in values.items() if value is not None}
@@ -109,9 +135,12 @@ def execute(task, items, *, resolved, overrides: dict, out_dir, batch_mode: bool
         verb = "has" if len(ignored) == 1 else "have"
         console.print(f"[yellow]note:[/] {flags} {verb} no effect on {resolved.family} models; ignored.")
     options = resolved.options(overrides)
+    if not batch_mode and out_dir is not None:
+        check_writable_dir(out_dir, "--out (its folder)")
     if batch_mode:
         if out_dir.exists() and not out_dir.is_dir():
             raise UsageError(f"--out {str(out_dir)!r} is a file; batch results go to a folder.", hint="Pass a folder path.")
+        check_writable_dir(out_dir)
         runner.check_resumable(out_dir, task, resolved, options)
     code = launch.relaunch_if_requested(invoked_argv(), num_processes=num_processes,
                                         accelerate_config=accelerate_config, device=device)
