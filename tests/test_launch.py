@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import pytest
 import yaml
 
 from uniedit_cli import launch
@@ -55,3 +56,24 @@ def test_every_shipped_accelerate_config_loads_and_names_its_command():
         assert any("uniedit " in line for line in header), f"{path.name}: the header must show the command"
         config = load_config_from_file(str(path))
         assert config.num_processes >= 1
+
+
+@pytest.mark.parametrize("name, text, needle", [
+    ("bad.yaml", "data: [unclosed\n", "is not valid YAML: expected ',' or ']', but got '<stream end>' (line 2, column 1)"),
+    ("list.yaml", "- a\n- b\n", "holds a list, not a mapping"),
+    ("folder", None, "is a folder"),
+    ("config.txt", "a: 1\n", "accelerate reads .yaml, .yml or .json"),
+    ("missing.yaml", False, "no such file"),
+])
+def test_a_bad_accelerate_config_is_one_line_before_launching(cli, tmp_path, name, text, needle):
+    path = tmp_path / name
+    if text is None:
+        path.mkdir()
+    elif text is not False:
+        path.write_text(text)
+    batch = tmp_path / "b.jsonl"
+    batch.write_text('{"prompt": "a red cube"}\n')
+    result = cli(["generate", "--batch", batch, "--model", "janus-tiny", "--out", tmp_path / "o",
+                  "--accelerate-config", path])
+    assert result.exit_code == 2, result.stderr
+    assert needle in result.stderr and "Traceback" not in result.stderr + result.stdout

@@ -94,6 +94,32 @@ def build_launch_argv(command_args: list[str], *, config_file: str | os.PathLike
     return argv
 
 
+def check_accelerate_config(path: str | os.PathLike) -> dict:
+    """Read an accelerate config as accelerate will, so a wrong path or bad YAML is one line here
+    instead of a traceback from inside ``accelerate launch``."""
+    import yaml
+
+    hint = "Pass a YAML written by `accelerate config`, or one from examples/accelerate/."
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"--accelerate-config {str(path)!r} is a folder.", hint=hint)
+    if not path.is_file():
+        raise UsageError(f"--accelerate-config {str(path)!r}: no such file.", hint=hint)
+    if path.suffix.lower() not in (".yaml", ".yml", ".json"):
+        raise UsageError(f"--accelerate-config {str(path)!r}: accelerate reads .yaml, .yml or .json files.", hint=hint)
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UsageError(f"--accelerate-config {str(path)!r} is not valid YAML: {problem}{where}.", hint=hint) from None
+    if not isinstance(config, dict):
+        raise UsageError(f"--accelerate-config {str(path)!r} holds a {type(config).__name__}, not a mapping of settings.",
+                         hint=hint)
+    return config
+
+
 def relaunch_if_requested(command_args: list[str], *, num_processes: int | None, accelerate_config: str | None,
                           device: str = "auto") -> int | None:
     """If a launch was asked for and we are not already inside one, run it and return its exit code.
@@ -106,9 +132,8 @@ def relaunch_if_requested(command_args: list[str], *, num_processes: int | None,
         return None
     if num_processes is not None and num_processes < 1:
         raise UsageError(f"--num-processes {num_processes}: must be at least 1.")
-    if accelerate_config is not None and not Path(accelerate_config).is_file():
-        raise UsageError(f"--accelerate-config {accelerate_config!r}: no such file.",
-                         hint="Pass a YAML written by `accelerate config`, or one from examples/accelerate/.")
+    if accelerate_config is not None:
+        check_accelerate_config(accelerate_config)
     env = dict(os.environ)
     env[LAUNCHED_ENV] = "1"
     env.setdefault("PYTHONUNBUFFERED", "1")
