@@ -10,11 +10,6 @@ import yaml
 from uniedit_cli import launch
 
 
-def test_launch_flags_are_stripped_in_both_spellings():
-    args = ["edit", "--batch", "b.jsonl", "--num-processes", "2", "--model", "m", "--accelerate-config=c.yaml", "--seed", "3"]
-    assert launch.strip_launch_flags(args) == ["edit", "--batch", "b.jsonl", "--model", "m", "--seed", "3"]
-
-
 def test_argv_keeps_prompts_with_spaces_and_quotes_as_single_arguments(tmp_path):
     prompt = 'make the "sky" stormy; it\'s $HOME && rm -rf /'
     args = ["edit", "photo.png", prompt, "--model", "ip2p-tiny", "--num-processes", "2"]
@@ -23,7 +18,7 @@ def test_argv_keeps_prompts_with_spaces_and_quotes_as_single_arguments(tmp_path)
     assert argv[argv.index("--config_file") + 1] == str(tmp_path / "c.yaml")
     assert argv[argv.index("--num_processes") + 1] == "2"
     tail = argv[argv.index("-m", 3) + 1:]
-    assert tail == ["uniedit_cli", "edit", "photo.png", prompt, "--model", "ip2p-tiny"]
+    assert tail == ["uniedit_cli", "edit", "photo.png", prompt, "--model", "ip2p-tiny", "--num-processes", "2"]
 
 
 def test_default_config_is_explicit_and_loadable(tmp_path):
@@ -61,8 +56,8 @@ def test_every_shipped_accelerate_config_loads_and_names_its_command():
 @pytest.mark.parametrize("name, text, needle", [
     ("bad.yaml", "data: [unclosed\n", "is not valid YAML: expected ',' or ']', but got '<stream end>' (line 2, column 1)"),
     ("list.yaml", "- a\n- b\n", "holds a list, not a mapping"),
-    ("folder", None, "is a folder"),
-    ("config.txt", "a: 1\n", "accelerate reads .yaml, .yml or .json"),
+    ("folder", None, "is a folder, not a YAML file"),
+    ("config.txt", "a: 1\n", "expected a .yaml/.yml/.json file"),
     ("missing.yaml", False, "no such file"),
 ])
 def test_a_bad_accelerate_config_is_one_line_before_launching(cli, tmp_path, name, text, needle):

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parent.parent
@@ -262,6 +263,7 @@ def test_a_synth_folder_trains_on_train_and_leaves_test_and_rejected_alone(tmp_p
 def test_jsonl_with_image_paths_and_a_saved_dataset(tmp_path):
     import datasets
 
+    from uniedit_cli.errors import UsageError
     from uniedit_cli.train.config import DataOptions
     from uniedit_cli.train.data import EditRows, load_edit_data
 
@@ -272,12 +274,20 @@ def test_jsonl_with_image_paths_and_a_saved_dataset(tmp_path):
         source.save(folder / f"s{i}.png")
         target.save(folder / f"t{i}.png")
         lines.append(json.dumps({"input_image": f"s{i}.png", "edit_prompt": prompt, "edited_image": f"t{i}.png"}))
+    lines.insert(2, '{"input_image": "s9.png", "edit_prompt": "cut off')  # a torn line among good ones
     (folder / "edits.jsonl").write_text("\n".join(lines) + "\n")
     data = load_edit_data(DataOptions(path=str(folder / "edits.jsonl"), val_size=0), seed=0)
+    assert len(data.train) == 4
+    assert data.notes == ["skipped 1 unreadable line(s) of edits.jsonl (line 3: malformed JSON "
+                          "(Unterminated string starting at column 42))"]
     rows = EditRows(data.train, data.columns, base_dir=data.base_dir, resolution=32, crop="center",
                     random_flip=False, seed=0)
     row = rows[1]
     assert row["source"].size == (32, 32) and row["instruction"].startswith("If the cube")
+
+    (folder / "empty.jsonl").write_text("\n")
+    with pytest.raises(UsageError, match="has no rows: nothing to train on"):
+        load_edit_data(DataOptions(path=str(folder / "empty.jsonl"), val_size=0), seed=0)
 
     saved = tmp_path / "saved"
     datasets.Dataset.from_parquet(str(write_parquet(tmp_path / "p.parquet", 5))).save_to_disk(str(saved))
@@ -370,17 +380,42 @@ def test_a_resolution_the_model_cannot_take_is_an_error(cli, janus, ip2p, data20
 
 def test_a_fresh_run_never_overwrites_a_finished_one_and_a_longer_one_resumes(cli, ip2p, data20, tmp_path):
     out = tmp_path / "run"
-    common = ["train", "--model", ip2p, "--data", data20, "--out", out, *QUICK, "--save-every", "1"]
+    common = ["train", "--model", ip2p, "--data", data20, "--out", out, *QUICK, "--save-every", "500"]
     assert cli([*common, "--max-steps", "2"]).exit_code == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]  # the last step is saved too
     again = cli([*common, "--max-steps", "2"])
     assert again.exit_code == 2 and "--resume latest" in again.stderr, again
     finished = cli([*common, "--max-steps", "2", "--resume", "latest"])
     assert finished.exit_code == 0 and "already finished" in finished.stderr, finished
+    assert "raise --max-steps to train further" in finished.stderr
     changed = cli([*common, "--max-steps", "3", "--resume", "latest", "--lr", "0.5"])
     assert changed.exit_code == 2 and "optim.lr" in changed.stderr, changed
     longer = cli([*common, "--max-steps", "3", "--resume", "latest"])
-    assert longer.exit_code == 0 and "resuming from" in longer.stderr, longer
+    assert longer.exit_code == 0 and "resuming from" in longer.stderr and "checkpoint-2" in longer.stderr, longer
+    assert [m["step"] for m in metrics(out) if "loss" in m] == [1, 2, 3]  # step 3 only was trained again
     assert json.loads((out / "final" / "uniedit.json").read_text())["training"]["steps"] == 3
+
+
+def test_a_run_without_checkpoints_says_how_to_train_its_weights_further(cli, ip2p, data20, tmp_path):
+    out = tmp_path / "run"
+    common = ["train", "--model", ip2p, "--data", data20, "--out", out, *QUICK, "--save-every", "0"]
+    assert cli([*common, "--max-steps", "2"]).exit_code == 0
+    finished = cli([*common, "--max-steps", "2", "--resume", "latest"])
+    assert finished.exit_code == 0 and "already finished" in finished.stderr, finished
+    assert f"--model {out / 'final'}" in finished.stderr and "raise --max-steps" not in finished.stderr
+    longer = cli([*common, "--max-steps", "3", "--resume", "latest"])
+    assert longer.exit_code == 2 and "no checkpoint-N to continue from" in longer.stderr, longer
+    assert "Pass --resume latest" not in longer.stderr
+    assert "Traceback" not in longer.stderr
+
+
+def test_a_warmup_longer_than_the_run_and_an_unwritable_out_are_named(cli, ip2p, data20, tmp_path):
+    result = cli(["train", "--model", ip2p, "--data", data20, "--out", tmp_path / "w", *QUICK, "--max-steps", "1",
+                  "--warmup-steps", "10"])
+    assert result.exit_code == 0 and "--warmup-steps 10 is not shorter than the run (1 step)" in result.stderr, result
+    (tmp_path / "file").write_text("x")
+    result = cli(["train", "--model", ip2p, "--data", data20, "--out", tmp_path / "file", *QUICK])
+    assert result.exit_code == 2 and "--out" in result.stderr and "is a file, not a folder" in result.stderr, result
 
 
 def test_epochs_set_the_step_count_and_a_missing_tracker_is_named(cli, ip2p, data20, tmp_path):
@@ -451,7 +486,7 @@ def _check_run_folder(out: Path, *, family_files: tuple[str, ...]) -> dict:
     with Image.open(grids[-1]) as grid:
         assert grid.width > 4 * 128  # four columns: source, instruction, target, output
     checkpoints = sorted(p.name for p in out.glob("checkpoint-*"))
-    assert checkpoints == ["checkpoint-10", "checkpoint-15"], "save every 5 steps, keep the last 2"
+    assert checkpoints == ["checkpoint-15", "checkpoint-20"], "save every 5 steps and at the last, keep the last 2"
     return meta
 
 
@@ -621,9 +656,15 @@ def test_fsdp2_lora_on_cpu_ranks_checkpoints_and_resumes(janus, data20, tmp_path
     final = tmp_path / "run" / "final"
     assert (final / "lora" / "adapter_model.safetensors").is_file()
     whole = _tensors(final / "model.safetensors")
-    shutil.rmtree(final)
-    resumed = subprocess.run([*argv, "--resume", "latest"], env=_env(), capture_output=True, text=True)
+    shutil.rmtree(final)  # as if killed after step 3, before its checkpoint and final/ were written
+    shutil.rmtree(tmp_path / "run" / "checkpoint-3")
+    recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["launch"]
+    assert recorded == {"num_processes": 2, "accelerate_config": str(FSDP_CONFIG)}, recorded
+    # the run's own config relaunches it the same way (2 ranks, FSDP2), as its header says
+    resumed = subprocess.run([sys.executable, "-m", "uniedit_cli", "train", "--config", str(tmp_path / "run" / "config.yaml"),
+                              "--resume", "latest"], env=_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
+    assert "world_size: 2" in (tmp_path / "run" / "config.yaml").read_text()
     assert "resuming from" in resumed.stdout + resumed.stderr
     again = _tensors(final / "model.safetensors")
     assert max(float((whole[k] - again[k]).abs().max()) for k in whole) < 1e-6

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-from uniedit_cli.errors import InputError
+from uniedit_cli.errors import InputError, UsageError
 
 # Pillow's own guard is ~89.5 Mpx (a warning) and twice that (an error); we refuse anything
 # over the limit, which users can raise on purpose.
@@ -207,3 +207,30 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict | None, str 
                 yield number, None, "not a JSON object"
                 continue
             yield number, row, None
+
+
+def read_yaml_mapping(path: str | os.PathLike, *, flag: str, hint: str, suffixes=(".yaml", ".yml")) -> dict:
+    """A YAML file that must hold a mapping (a config): a folder, a missing file, a YAML syntax
+    error (with its line and column) or a list is one usage error naming ``flag``."""
+    import yaml
+
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag} {str(path)!r} is a folder, not a YAML file.", hint=hint)
+    if not path.is_file():
+        raise UsageError(f"{flag} {str(path)!r}: no such file.", hint=hint)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise UsageError(f"{flag} {str(path)!r}: expected a {'/'.join(suffixes)} file.", hint=hint)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"{flag} {str(path)!r} is not valid YAML: {problem}{where}.", hint=hint) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{flag} {str(path)!r} holds a {type(data).__name__}, not a mapping of settings.", hint=hint)
+    return data
+

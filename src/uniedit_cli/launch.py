@@ -17,33 +17,12 @@ from pathlib import Path
 
 from uniedit_cli.errors import UsageError
 
-LAUNCH_FLAGS_WITH_VALUE = ("--num-processes", "--accelerate-config")
 # Set in the children so that they do not try to launch again.
 LAUNCHED_ENV = "UNIEDIT_LAUNCHED"
 
 
 def inside_launch() -> bool:
     return os.environ.get(LAUNCHED_ENV) == "1"
-
-
-def strip_launch_flags(args: list[str]) -> list[str]:
-    """Remove ``--num-processes``/``--accelerate-config`` (both ``--f v`` and ``--f=v``) from argv."""
-    out: list[str] = []
-    skip_next = False
-    for i, arg in enumerate(args):
-        if skip_next:
-            skip_next = False
-            continue
-        if arg == "--":
-            out.extend(args[i:])
-            break
-        if arg in LAUNCH_FLAGS_WITH_VALUE:
-            skip_next = True
-            continue
-        if any(arg.startswith(flag + "=") for flag in LAUNCH_FLAGS_WITH_VALUE):
-            continue
-        out.append(arg)
-    return out
 
 
 def default_config(num_processes: int, *, mixed_precision: str = "no") -> dict:
@@ -90,34 +69,19 @@ def build_launch_argv(command_args: list[str], *, config_file: str | os.PathLike
     argv = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file)]
     if num_processes is not None:
         argv += ["--num_processes", str(num_processes)]
-    argv += ["-m", "uniedit_cli", *strip_launch_flags(command_args)]
+    # the launch flags stay: the ranks do not launch again (inside_launch), and `train` records them in
+    # run_dir/config.yaml so that its "Resume with" line relaunches the same way
+    argv += ["-m", "uniedit_cli", *command_args]
     return argv
 
 
 def check_accelerate_config(path: str | os.PathLike) -> dict:
     """Read an accelerate config as accelerate will, so a wrong path or bad YAML is one line here
     instead of a traceback from inside ``accelerate launch``."""
-    import yaml
+    from uniedit_cli.io import read_yaml_mapping
 
-    hint = "Pass a YAML written by `accelerate config`, or one from examples/accelerate/."
-    path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"--accelerate-config {str(path)!r} is a folder.", hint=hint)
-    if not path.is_file():
-        raise UsageError(f"--accelerate-config {str(path)!r}: no such file.", hint=hint)
-    if path.suffix.lower() not in (".yaml", ".yml", ".json"):
-        raise UsageError(f"--accelerate-config {str(path)!r}: accelerate reads .yaml, .yml or .json files.", hint=hint)
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UsageError(f"--accelerate-config {str(path)!r} is not valid YAML: {problem}{where}.", hint=hint) from None
-    if not isinstance(config, dict):
-        raise UsageError(f"--accelerate-config {str(path)!r} holds a {type(config).__name__}, not a mapping of settings.",
-                         hint=hint)
-    return config
+    return read_yaml_mapping(path, flag="--accelerate-config", suffixes=(".yaml", ".yml", ".json"),
+                             hint="Pass a YAML written by `accelerate config`, or one from examples/accelerate/.")
 
 
 def relaunch_if_requested(command_args: list[str], *, num_processes: int | None, accelerate_config: str | None,

@@ -21,8 +21,9 @@ EPILOG = """\
 
   uniedit edit img.png "..." --model runs/janus-uniedit/final
 
-[bold]Run folder[/] (--out): checkpoint-N/ (resumable state, the last --checkpoint-limit kept), final/ (the model in
-its family's own layout + uniedit.json, usable as --model), config.yaml (the resolved options; a valid --config),
+[bold]Run folder[/] (--out): checkpoint-N/ (resumable state every --save-every steps and at the last step, the last
+--checkpoint-limit kept), final/ (the model in its family's own layout + uniedit.json, usable as --model), config.yaml
+(the resolved options and launch settings; a valid --config),
 metrics.jsonl, validation/step-N.png (source | instruction | target | output), skipped.jsonl (rows that could not be used).
 
 Options come from the defaults, then --config FILE (YAML, nested by section: data, tune, optim, checkpoint, log,
@@ -43,6 +44,8 @@ def _train(**options) -> None:
     resolved = registry.resolve(config.model, config.family)
     resolved.require(registry.TRAIN)
     train_config.resolve(config, resolved.family)
+    if not launch.inside_launch():
+        common.check_writable_dir(config.out)
     launching = not launch.inside_launch() and (config.launch.accelerate_config is not None
                                                 or (config.launch.num_processes or 1) > 1)
     if launching:

@@ -67,10 +67,15 @@ def find_resume(run_dir: Path, resume: str | None) -> Path | None:
     return path
 
 
-def guard_fresh(run_dir: Path) -> None:
+def guard_fresh(run_dir: Path, *, resuming: bool = False) -> None:
     """A fresh run never overwrites another run's checkpoints or final weights."""
     existing = [p.name for _, p in list_checkpoints(run_dir)]
     if (run_dir / FINAL_DIR).exists():
+        if resuming and not existing:
+            raise UsageError(
+                f"--resume latest: {str(run_dir)!r} holds final/ but no checkpoint-N to continue from "
+                "(that run saved none: --save-every 0).",
+                hint=f"Train its weights further as a new run: --model {run_dir / FINAL_DIR} --out <another folder>.")
         existing.append(FINAL_DIR + "/")
     if existing:
         shown = ", ".join(existing[-3:])

@@ -128,7 +128,7 @@ class OptimOptions:
 
 @dataclass
 class CheckpointOptions:
-    save_every: int = option(500, "--save-every", "Write run_dir/checkpoint-N every N optimizer steps (0: never).", min=0)
+    save_every: int = option(500, "--save-every", "Write run_dir/checkpoint-N every N optimizer steps and at the last one (0: never).", min=0)
     limit: Optional[int] = option(3, "--checkpoint-limit", "Keep at most this many checkpoint-N folders (oldest removed).",
                                   min=1)
     resume: Optional[str] = option(None, "--resume", "`latest` (the newest complete checkpoint-N in --out) or a "
@@ -299,20 +299,9 @@ def _check(knob: Knob, value: Any, where: str) -> None:
 
 
 def read_yaml(path: str | Path) -> dict:
-    import yaml
+    from uniedit_cli.io import read_yaml_mapping
 
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"--config {str(path)!r}: no such file.", hint="Pass a YAML file, e.g. one from examples/train/.")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise UsageError(f"--config {str(path)!r} is not valid YAML ({exc}).") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UsageError(f"--config {str(path)!r} must hold a mapping of options (see examples/train/).")
-    return data
+    return read_yaml_mapping(path, flag="--config", hint="Pass a YAML file, e.g. one from examples/train/.")
 
 
 def _apply_yaml(config: TrainConfig, data: dict, where: str) -> None:
@@ -423,6 +412,9 @@ def resolve(config: TrainConfig, family: str) -> TrainConfig:
         config.model = str(model_dir.resolve())
     if Path(config.data.path).expanduser().exists():
         config.data.path = str(Path(config.data.path).expanduser().resolve())
+    accel = config.launch.accelerate_config
+    if accel is not None and Path(accel).expanduser().is_file():
+        config.launch.accelerate_config = str(Path(accel).expanduser().resolve())
     if config.tune.lora_alpha is None:
         config.tune.lora_alpha = float(config.tune.lora_rank)
     if config.checkpoint.resume is not None and config.checkpoint.resume != "latest":

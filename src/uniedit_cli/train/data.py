@@ -121,11 +121,27 @@ def _load_parquet(files_by_split: dict[str, list[Path]], source: str):
         return datasets.load_dataset("parquet", data_files={k: [str(p) for p in v] for k, v in files_by_split.items()})
 
 
-def _load_json(path: Path, source: str):
+def _load_json(path: Path, source: str, notes: list[str] | None = None):
+    """A JSONL file, line by line: a malformed or non-UTF-8 line is skipped and counted (datasets'
+    json loader fails the whole file on one bad line, and names a wrong row)."""
     import datasets
 
+    from uniedit_cli.io import read_jsonl
+
+    rows, bad = [], []
+    for number, row, error in read_jsonl(path):
+        if error is None:
+            rows.append(row)
+        else:
+            bad.append(f"line {number}: {error}")
+    if not rows:
+        why = f" ({len(bad)} unreadable line(s); {bad[0]})" if bad else ""
+        raise UsageError(f"--data {source!r} has no rows{why}: nothing to train on.")
+    if bad and notes is not None:
+        notes.append(f"skipped {len(bad)} unreadable line(s) of {path.name} ({'; '.join(bad[:3])}"
+                     f"{'; ...' if len(bad) > 3 else ''})")
     with _read_errors(source):
-        return datasets.load_dataset("json", data_files={"train": str(path)})
+        return datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)})
 
 
 @contextlib.contextmanager
@@ -150,8 +166,9 @@ def _quiet_datasets() -> None:
     datasets.utils.logging.disable_progress_bar()
 
 
-def open_splits(path: str) -> tuple[dict[str, Any], Path | None, str]:
-    """``({split: datasets.Dataset}, base folder for relative image paths, kind)`` for ``--data``."""
+def open_splits(path: str, notes: list[str] | None = None) -> tuple[dict[str, Any], Path | None, str]:
+    """``({split: datasets.Dataset}, base folder for relative image paths, kind)`` for ``--data``;
+    what was skipped while opening is appended to ``notes``."""
     _quiet_datasets()
     import datasets
 
@@ -160,7 +177,7 @@ def open_splits(path: str) -> tuple[dict[str, Any], Path | None, str]:
         if local.suffix == ".parquet":
             return dict(_load_parquet({"train": [local]}, path)), local.parent, "parquet file"
         if local.suffix in (".jsonl", ".json"):
-            return dict(_load_json(local, path)), local.parent, "JSONL file"
+            return dict(_load_json(local, path, notes)), local.parent, "JSONL file"
         raise UsageError(f"--data {path!r}: a {local.suffix or 'extensionless'} file is not edit data.",
                          hint="Pass a parquet or JSONL file, or a folder (a `uniedit synth` output, parquet shards, "
                               "or a datasets.save_to_disk folder).")
@@ -181,7 +198,7 @@ def open_splits(path: str) -> tuple[dict[str, Any], Path | None, str]:
                 by_split.setdefault(_split_of(str(file.relative_to(local))), []).append(file)
             return dict(_load_parquet(by_split, path)), local, "uniedit synth folder" if synth else "parquet folder"
         if (local / "metadata.jsonl").exists():
-            return dict(_load_json(local / "metadata.jsonl", path)), local, "JSONL folder"
+            return dict(_load_json(local / "metadata.jsonl", path, notes)), local, "JSONL folder"
         raise UsageError(f"--data {path!r}: the folder holds no edit data (no parquet files, metadata.jsonl, "
                          "uniedit-data.json or save_to_disk dataset).")
     if re.fullmatch(r"[\w.\-]+/[\w.\-]+", path):
@@ -264,7 +281,8 @@ def load_edit_data(options, *, seed: int) -> EditData:
     """Open ``options.path`` (a :class:`~uniedit_cli.train.config.DataOptions`), map its columns
     and split off validation rows; raises a usage error before any training on bad input."""
     source = str(options.path)
-    splits, base_dir, kind = open_splits(source)
+    notes: list[str] = []
+    splits, base_dir, kind = open_splits(source, notes)
     if not splits:
         raise UsageError(f"--data {source!r} holds no splits.")
     if options.split in splits:
@@ -281,7 +299,6 @@ def load_edit_data(options, *, seed: int) -> EditData:
     if len(train) == 0:
         raise UsageError(f"data {source!r} ({kind}) has no rows in split {split!r}: nothing to train on.")
     train = _undecoded(train, columns)
-    notes = []
     val, val_from = None, ""
     if options.val_size > 0:
         val_split = next((name for name in VALIDATION_SPLITS if name in splits and name != split), None)

@@ -226,6 +226,15 @@ def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
                  "--max-steps, --epochs, --save-every, --val-every, --log-every, --report-to).")
 
 
+def _final_steps(final_dir: Path) -> int:
+    import json
+
+    try:
+        return int(json.loads((final_dir / "uniedit.json").read_text(encoding="utf-8"))["training"]["steps"] or 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def _finished(final_dir: Path, config: TrainConfig) -> bool:
     """Whether final/ already holds as many steps as this configuration asks for."""
     import json
@@ -364,14 +373,18 @@ def _run(accelerator, config: TrainConfig, resolved, *, console, command: list[s
     resume_path = checkpoints.find_resume(run_dir, config.checkpoint.resume)
     final_dir = run_dir / checkpoints.FINAL_DIR
     if config.checkpoint.resume == "latest" and _finished(final_dir, config):
-        say(f"[green]{escape(str(run_dir))} already finished[/]: final/ holds the last step "
-            "(raise --max-steps to train further).")
+        steps_done = checkpoints.list_checkpoints(run_dir)[-1][0] if checkpoints.list_checkpoints(run_dir) else 0
+        if steps_done and steps_done == _final_steps(final_dir):
+            further = "raise --max-steps to train further"
+        else:  # no checkpoint of the last step (--save-every 0): nothing to continue the optimizer from
+            further = f"to train further, start a new run from its weights: --model {final_dir} --out <another folder>"
+        say(f"[green]{escape(str(run_dir))} already finished[/]: final/ holds the last step ({escape(further)}).")
         accelerator.wait_for_everyone()
         return TrainResult(run_dir, final_dir, 0, 0, None, None, 0, time.perf_counter() - started, already_finished=True)
     if resume_path is None:
         if config.checkpoint.resume == "latest":
             say(f"[yellow]note:[/] no checkpoint in {escape(str(run_dir))} yet: starting from step 0.")
-        checkpoints.guard_fresh(run_dir)
+        checkpoints.guard_fresh(run_dir, resuming=config.checkpoint.resume == "latest")
     else:
         _check_resume_config(run_dir, config)
     accelerator.wait_for_everyone()  # every rank has looked at the folder before rank 0 changes it
@@ -421,6 +434,9 @@ def _run(accelerator, config: TrainConfig, resolved, *, console, command: list[s
                                          collate_fn=data_mod.collate_rows, num_workers=config.data.num_workers)
     optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=(optim.adam_beta1, optim.adam_beta2),
                                   eps=optim.adam_epsilon, weight_decay=optim.weight_decay)
+    if optim.warmup_steps >= total_steps:
+        say(f"[yellow]note:[/] --warmup-steps {optim.warmup_steps} is not shorter than the run ({total_steps} step{'s' * (total_steps != 1)}): "
+            f"the learning rate never reaches --lr {optim.lr:g} (it is 0 at the first step).")
     lr_scheduler = _scheduler(optim.schedule, optimizer, warmup=optim.warmup_steps, total=total_steps)
     objective, optimizer, loader, lr_scheduler = accelerator.prepare(trainee.objective, optimizer, loader, lr_scheduler)
     trainee.objective = objective
@@ -590,7 +606,8 @@ def _run(accelerator, config: TrainConfig, resolved, *, console, command: list[s
                     progress.update(bar, completed=global_step,
                                     loss="-" if last_loss is None else f"{last_loss:.4f}",
                                     lr=f"{lr_used:.2e}", speed="-" if not last_speed else f"{last_speed:.1f}")
-                    if config.checkpoint.save_every and global_step % config.checkpoint.save_every == 0 and not done:
+                    # and at the last step, so that raising --max-steps continues the run from there
+                    if config.checkpoint.save_every and (global_step % config.checkpoint.save_every == 0 or done):
                         last_checkpoint = checkpoints.save(accelerator, run_dir, global_step, trainer_state(global_step),
                                                            limit=config.checkpoint.limit)
                     if log.val_every and global_step % log.val_every == 0 and not done:
