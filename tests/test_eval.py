@@ -145,7 +145,7 @@ def test_image_predictions_with_missing_and_corrupt_files_are_reported_per_sampl
     assert report.index("w-noop") < report.index("w-recolor")  # worst (errors) first
     # default metrics without --judge: the judged one is left out, and the run says how to add it
     default = eval_cli(["eval", "--suite", "uniedit-bench", "--predictions", predictions, "--data", data, "--out", out])
-    assert default.exit_code == 0 and "judge_acc need a judge" in default.stderr
+    assert default.exit_code == 0 and "judge_acc needs a judge and is left out" in default.stderr
     assert set(_results(out)["metrics"]) == {"l1", "property_acc"}
 
 
@@ -158,6 +158,7 @@ def test_edit_suite_with_tiny_editor_and_tiny_judge_end_to_end(eval_cli, tiny_mo
     assert result.exit_code == 0, result
     results = _results(out)
     assert set(results["metrics"]) >= {"judge_acc", "l1", "property_acc"}
+    assert results["model"] == str(tiny_model("ip2p-tiny"))  # a folder is labelled as passed, not by its base model
     assert results["judge"]["model"] and "not the benchmark's GPT-4" in results["judge"]["prompts"]
     rows = _samples(out)
     assert {r["id"] for r in rows.values()} == {"w-recolor", "w-noop", "g-1"}
@@ -305,6 +306,8 @@ def test_usage_errors_exit_2_without_traceback(eval_cli, tmp_path, tiny_model):
                  "Qwen/Qwen2.5-VL-7B-Instruct", "hf download")  # the default judge is not on this machine
     _clean_error(eval_cli(["eval", "--suite", "gedit", "--data", gedit, "--predictions", edit, "--judge", "ip2p-tiny"]),
                  "cannot ask")
+    _clean_error(eval_cli(["eval", "--suite", "gedit", "--data", gedit, "--predictions", edit, "--clip-weights",
+                           tmp_path / "missing.pt"]), "--clip-weights", "no such file or folder")
     empty = _write_jsonl(tmp_path / "empty.jsonl", [{"id": "x", "answer": "y"}])
     _clean_error(eval_cli(["eval", "--suite", "gqa", "--data", gqa, "--predictions", empty, "--out", tmp_path / "o2"]),
                  "no usable rows", "not sample ids")

@@ -13,13 +13,15 @@ HELP = "Evaluate a model on a benchmark suite (metrics + report), or compare ear
 EPILOG = """\
 [bold]Examples[/]
 
-  uniedit eval --suite magicbrush --model uniedit-bagel --data /data/magicbrush-test --out results/mb
+  uniedit eval --suite magicbrush --model runs/janus-uniedit/final --data /data/magicbrush-test --out results/mb
 
   uniedit eval --suite magicbrush --model instruct-pix2pix --data /data/magicbrush-test --suite-option mode=multi --out results/mb-multi
 
   uniedit eval --suite gqa --model janus-pro-1b --out results/gqa   [dim]# lmms-lab/GQA from the hub cache[/]
 
-  uniedit eval --suite uniedit-bench --model runs/univg/final --data uniedit-data/ --out results/ub --judge qwen2.5-vl-7b
+  uniedit eval --suite uniedit-bench --model runs/janus-uniedit/final --data uniedit-data/ --out results/ub --judge qwen2.5-vl-7b
+
+  uniedit eval --suite uniedit-bench --model janus-tiny --data uniedit-data/ --out results/ub-tiny   [dim]# no downloads[/]
 
   uniedit eval --suite gedit --model flux-kontext --out results/gedit --judge qwen2.5-vl-7b --num-processes 8
 
@@ -57,7 +59,7 @@ def eval(  # noqa: A001 - the command is called eval
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Results folder (default: uniedit-out/eval/SUITE).")] = None,
     predictions: Annotated[Optional[Path], typer.Option("--predictions", help="Score outputs made elsewhere: a JSONL of {id, answer} or {id, image} rows (no model loads).")] = None,
     metrics: Annotated[Optional[str], typer.Option("--metrics", help="Comma-separated subset of the suite's metrics, or 'all' (default: the suite's headline metrics).")] = None,
-    judge: Annotated[Optional[str], typer.Option("--judge", help="Judge model for judged suites and judge metrics (a model that can ask; default qwen2.5-vl-7b).")] = None,
+    judge: Annotated[Optional[str], typer.Option("--judge", help="Judge model (a model that can ask). Judged suites (gedit, imgedit, kris, rise) use qwen2.5-vl-7b when it is left out; optional judge metrics (uniedit-bench's judge_acc) run only with --judge or when --metrics names them.")] = None,
     compare: Annotated[bool, typer.Option("--compare", help="Print a table comparing the result folders given as arguments.")] = False,
     list_suites: Annotated[bool, typer.Option("--list", help="List the suites: task, metrics, convention, and what data each needs.")] = False,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N samples (a quick look; numbers are then not comparable).")] = None,
@@ -100,6 +102,10 @@ def eval(  # noqa: A001 - the command is called eval
 
         raise UsageError("missing --suite.", hint=f"Suites: {', '.join(SUITES)}.")
 
+    for flag, path in (("--clip-weights", clip_weights), ("--dino-weights", dino_weights)):
+        if path is not None and not path.expanduser().exists():  # before any model loads or generates
+            raise UsageError(f"{flag} {str(path)!r}: no such file or folder.",
+                             hint="Pass a checkpoint file (or its folder), or leave the flag out to use the hub cache.")
     from uniedit_cli.eval.run import EvalConfig, evaluate
 
     config = EvalConfig(

@@ -418,8 +418,10 @@ def evaluate(config: EvalConfig, console=None) -> EvalOutcome:
             # optional judge metrics (uniedit-bench's judge accuracy) run only when asked for
             metrics = [m for m in metrics if m not in needs_judge]
             if not launch.inside_launch():
-                _note(console, f"{', '.join(needs_judge)} need a judge: pass --judge {DEFAULT_JUDGE} (or another model "
-                               "that can ask) to include them.")
+                one = len(needs_judge) == 1
+                _note(console, f"{', '.join(needs_judge)} {'needs' if one else 'need'} a judge and "
+                               f"{'is' if one else 'are'} left out: pass --judge {DEFAULT_JUDGE} (or another model that "
+                               f"can ask) to compute {'it' if one else 'them'}.")
         else:
             judge_resolved = registry.resolve(config.judge or DEFAULT_JUDGE)
             judge_resolved.require(registry.ASK)
@@ -482,7 +484,7 @@ def evaluate(config: EvalConfig, console=None) -> EvalOutcome:
 
     results = report.write_all(
         out, suite=suite, samples=samples, outputs=outputs, failures=failures, result=result, metrics=metrics,
-        model=resolved.display if resolved is not None else None, model_location=resolved.location if resolved else None,
+        model=_model_label(resolved), model_location=resolved.location if resolved else None,
         predictions=str(config.predictions) if config.predictions is not None else None,
         judge=judge_resolved.display if judge_resolved is not None else None,
         config=_config_record(config, gen_options, metrics), seconds=time.perf_counter() - started,
@@ -532,6 +534,16 @@ def _free_memory() -> None:
             torch.cuda.empty_cache()
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
+
+
+def _model_label(resolved) -> str | None:
+    """A registry name as the registry spells it; anything else (a tuned run's final/, a hub id)
+    as the user passed it, so a tuned model is not labelled with its base model's name."""
+    from uniedit_cli import registry
+
+    if resolved is None:
+        return None
+    return resolved.display if registry.get_spec(resolved.name) is not None else resolved.name
 
 
 def _config_record(config: EvalConfig, gen_options: dict, metrics: list[str]) -> dict:
