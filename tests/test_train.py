@@ -681,3 +681,18 @@ def test_fsdp1_config_on_cpu_ranks_is_refused_with_a_hint(janus, data20, tmp_pat
                          env=_env(), capture_output=True, text=True)
     assert run.returncode != 0
     assert "FSDP version 1" in run.stderr and "fsdp_version: 2" in run.stderr
+
+
+def test_data_without_target_images_is_refused_before_the_model_loads(cli, janus, tmp_path):
+    import datasets
+
+    rows = list(edit_rows(4))
+    features = datasets.Features({"input_image": datasets.Image(), "edit_prompt": datasets.Value("string"),
+                                  "edited_image": datasets.Image()})
+    datasets.Dataset.from_dict({"input_image": [r[0] for r in rows], "edit_prompt": [r[1] for r in rows],
+                                "edited_image": [None] * 4}, features=features).to_parquet(str(tmp_path / "d.parquet"))
+    result = cli(["train", "--model", janus, "--data", tmp_path / "d.parquet", "--out", tmp_path / "run", *QUICK,
+                  "--val-size", "0"])
+    assert result.exit_code == 2, result
+    assert "target column 'edited_image' is empty in the first 4 rows" in result.stderr and "--editor" in result.stderr
+    assert not (tmp_path / "run" / "final").exists()

@@ -275,6 +275,24 @@ def _undecoded(ds, columns: EditColumns):
     return ds
 
 
+def _check_targets_present(ds, columns: EditColumns, source: str, probe: int = 256) -> None:
+    """Data whose target column is empty (a `uniedit synth --editor none` output: instructions,
+    no edited images) cannot train an editor; say so before the model loads."""
+    head = ds.select_columns([columns.target])[:min(probe, len(ds))][columns.target]
+
+    def empty(value) -> bool:
+        if isinstance(value, dict):
+            return not value.get("bytes") and not value.get("path")
+        return value is None or (isinstance(value, (str, bytes)) and not value)
+
+    if head and all(empty(v) for v in head):
+        raise UsageError(
+            f"--data {source!r}: the target column {columns.target!r} is empty in the first {len(head)} rows, so there "
+            "are no edited images to learn from (a `uniedit synth --editor none` output holds instructions only).",
+            hint="Make targets with `uniedit synth --editor MODEL` (the built-in world renders them exactly), or map "
+                 "another column with --target-column.")
+
+
 # --- loading ----------------------------------------------------------------------------------
 
 def load_edit_data(options, *, seed: int) -> EditData:
@@ -299,6 +317,7 @@ def load_edit_data(options, *, seed: int) -> EditData:
     if len(train) == 0:
         raise UsageError(f"data {source!r} ({kind}) has no rows in split {split!r}: nothing to train on.")
     train = _undecoded(train, columns)
+    _check_targets_present(train, columns, source)
     val, val_from = None, ""
     if options.val_size > 0:
         val_split = next((name for name in VALIDATION_SPLITS if name in splits and name != split), None)
