@@ -219,3 +219,41 @@ def test_model_classifier_path_and_reply_parsing(cli, tmp_path):
     assert 0 < manifest["classifier"]["rule_fallbacks"] <= manifest["classifier"]["classified"]
     assert manifest["rows"] == 40
     assert cli(["synth", *SMALL, "--out", tmp_path / "x", "--classifier", "instruct-pix2pix"]).exit_code == 2
+
+
+def test_each_split_names_as_many_shards_as_it_holds(cli, tmp_path):
+    """A chunk with no held-out row writes no test shard: test/ used to say -of-00005 with 4
+    files there. Every split's names now count its own files."""
+    out = tmp_path / "data"
+    args = ["synth", "--num-rows", "40", "--chunk-size", "8", "--size", "64", "--holdout", "0.3", "--out", out]
+    assert cli(args).exit_code == 0
+    manifest = json.loads((out / "uniedit-data.json").read_text())
+    by_split = {split: sorted(p.name for p in (out / split).glob("data-*.parquet")) for split in ("train", "test")}
+    assert len(by_split["test"]) < len(by_split["train"]) == 5, "the seed gives a chunk with no test row"
+    for split, names in by_split.items():
+        assert names == [f"data-{j:05d}-of-{len(names):05d}.parquet" for j in range(len(names))], split
+    assert manifest["shards"] == [f"{split}/{name}" for split in ("train", "test") for name in by_split[split]]
+    assert sum(len(_rows(out, split)) for split in ("train", "test")) == manifest["rows"] == 40
+    again = cli(args)  # a finished run resumes to the same files
+    assert again.exit_code == 0 and "5 already done" in again.stderr
+    assert {split: sorted(p.name for p in (out / split).glob("data-*.parquet")) for split in by_split} == by_split
+
+
+def test_renumbering_killed_half_way_finishes_on_the_rerun(tmp_path):
+    from uniedit_cli.synth import writer
+
+    for k in (1, 3, 4):
+        (tmp_path / writer.shard_name(k, 6)).write_text(str(k))
+    first = writer.renumber_shards(tmp_path, 6)
+    assert [p.name for p in first] == [writer.shard_name(j, 3) for j in range(3)]
+    assert [p.read_text() for p in first] == ["1", "3", "4"]
+    # as if killed after one rename: one renamed file, two still named by chunk
+    for k in (1, 3, 4):
+        (tmp_path / writer.shard_name(k, 6)).write_text(str(k))
+    for p in first:
+        p.unlink()
+    (tmp_path / writer.shard_name(1, 6)).rename(tmp_path / writer.shard_name(0, 3))
+    again = writer.renumber_shards(tmp_path, 6)
+    assert [p.read_text() for p in again] == ["1", "3", "4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [writer.shard_name(j, 3) for j in range(3)]
+    assert writer.renumber_shards(tmp_path / "absent", 6) == []

@@ -4,16 +4,20 @@
    record, drop and cap categories, and write its instruction with an rng seeded from the
    record, so the same arguments always plan the same rows. Anything dropped is recorded with
    its reason in ``rejected/plan.jsonl``.
-2. **Chunks**: planned rows are cut into fixed-size chunks; chunk ``k`` becomes shard
-   ``data-k-of-N.parquet`` (kept rows) and ``rejected/data-k-of-N.parquet`` (rows the verifier
-   turned down, with ``reject_reason``). A shard is written to a temporary file and renamed,
-   so a killed run loses only the chunks in flight and a rerun skips finished ones.
+2. **Chunks**: planned rows are cut into ``N`` fixed-size chunks; chunk ``k`` becomes shards
+   ``train/data-k-of-N.parquet`` (always written, last: it marks the chunk done),
+   ``test/data-k-of-N.parquet`` (held-out rows, if any) and ``rejected/data-k-of-N.parquet``
+   (rows the verifier turned down, with ``reject_reason``, if any). A shard is written to a
+   temporary file and renamed, so a killed run loses only the chunks in flight and a rerun
+   skips finished ones. When every chunk is done, test/ and rejected/ shards are renumbered
+   ``data-j-of-M`` with ``M`` the files there (``writer.renumber_shards``).
 3. Per chunk: source images, the optional LLM rewrite (template fallback on a leak or a
    garbled answer), the target (the scene world renders it exactly; other sources use an
    editor model; ``--editor none`` writes instruction-only rows), verification (the judge
    re-asks ``expected_after_edit``; CLIP directional and image similarity; a quality score)
    and the ``--min-*`` thresholds.
-4. Rank 0 writes ``uniedit-data.json`` and ``preview.html`` from what is on disk.
+4. Rank 0 renumbers the shards and writes ``uniedit-data.json`` and ``preview.html`` from
+   what is on disk.
 
 Chunks are split across ranks (``--num-processes``) with accelerate; with no model in the
 loop (the scene world), ``--num-proc`` runs chunks in a process pool instead.
@@ -503,11 +507,10 @@ def write_manifest(out_dir: Path, config: SynthConfig, the_plan: Plan, total: in
     rows = 0
     per_split: Counter = Counter()
     shards: list[str] = []
-    for k in range(total):
-        for split in writer.SPLITS:
-            path = writer.shard_path(out_dir, split, k, total)
-            if not path.exists():
-                continue
+    finished = {folder: writer.renumber_shards(out_dir / folder, total)
+                for folder in (*writer.SPLITS, writer.REJECTED_DIR)}
+    for split in writer.SPLITS:
+        for path in finished[split]:
             shards.append(str(path.relative_to(out_dir)))
             table = pq.read_table(path, columns=["task_category", "style", "judge_ok"])
             rows += table.num_rows
@@ -518,14 +521,13 @@ def write_manifest(out_dir: Path, config: SynthConfig, the_plan: Plan, total: in
                 if ok is not None:
                     judge_total += 1
                     judge_ok += bool(ok)
-        rejected_path = out_dir / writer.REJECTED_DIR / writer.shard_name(k, total)
-        if rejected_path.exists():
-            reasons = pq.read_table(rejected_path, columns=["reject_reason"]).column("reject_reason").to_pylist()
-            rejections.update(r.split(":")[0] for r in reasons)
-            for ok in pq.read_table(rejected_path, columns=["judge_ok"]).column("judge_ok").to_pylist():
-                if ok is not None:
-                    judge_total += 1
-                    judge_ok += bool(ok)
+    for rejected_path in finished[writer.REJECTED_DIR]:
+        reasons = pq.read_table(rejected_path, columns=["reject_reason"]).column("reject_reason").to_pylist()
+        rejections.update(r.split(":")[0] for r in reasons)
+        for ok in pq.read_table(rejected_path, columns=["judge_ok"]).column("judge_ok").to_pylist():
+            if ok is not None:
+                judge_total += 1
+                judge_ok += bool(ok)
     rewrite_fallbacks: Counter = Counter()
     for notes in sorted((out_dir / writer.CHUNK_NOTES_DIR).glob("*.json")):
         rewrite_fallbacks.update({k.removeprefix("rewrite_fallback_"): v
@@ -557,10 +559,10 @@ def write_manifest(out_dir: Path, config: SynthConfig, the_plan: Plan, total: in
                              "exact_ground_truth": config.vqa == "shapes"}
     write_json(out_dir / writer.MANIFEST, manifest)
     preview_rows = []
-    for k in range(total):  # the first rows on disk, enough for one page
+    for path in finished["train"]:  # the first rows on disk, enough for one page
         if len(preview_rows) >= 48:
             break
-        preview_rows += writer.read_shard(writer.shard_path(out_dir, "train", k, total))[:48 - len(preview_rows)]
+        preview_rows += writer.read_shard(path)[:48 - len(preview_rows)]
     writer.write_preview(out_dir, preview_rows, meta=f"{rows} rows from {config.vqa}; showing {len(preview_rows)}")
     return manifest
 

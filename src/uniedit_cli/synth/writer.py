@@ -38,6 +38,30 @@ def shard_path(out_dir: Path, split: str, index: int, total: int) -> Path:
     return out_dir / split / shard_name(index, total)
 
 
+def renumber_shards(folder: Path, total: int) -> list[Path]:
+    """Once every chunk is done: name the shards in ``folder`` ``data-{j}-of-{n}`` with ``n`` the
+    number of files there, in chunk order (a chunk with no row for a split writes no shard, so
+    test/ and rejected/ hold fewer than ``total``; ``-of-N`` must not announce shards that do not
+    exist). Shards still named by chunk (``-of-{total}``) follow those already renamed, so a run
+    killed in the middle of this finishes it when rerun. Returns the shards in order."""
+    import re
+
+    pattern = re.compile(r"data-(\d{5,})-of-(\d{5,})\.parquet")
+    renamed, by_chunk = [], []
+    for path in folder.glob("data-*-of-*.parquet"):
+        match = pattern.fullmatch(path.name)
+        if match:
+            (by_chunk if int(match.group(2)) == total else renamed).append((int(match.group(1)), path))
+    ordered = [path for _, path in sorted(renamed)] + [path for _, path in sorted(by_chunk)]
+    final = []
+    for j, path in enumerate(ordered):
+        target = folder / shard_name(j, len(ordered))
+        if path != target:
+            os.replace(path, target)
+        final.append(target)
+    return final
+
+
 def features(*, with_reason: bool = False):
     from datasets import Features, Image, Value
 
