@@ -33,6 +33,7 @@ def test_default_world_run_writes_a_loadable_dataset_with_exact_targets(cli, tmp
     assert manifest["rows"] == sum(manifest["rows_per_split"].values()) == 40
     assert set(manifest["counts_per_style"]) <= {"conditional", "synthesis", "referring", "nested", "text-answer"}
     assert manifest["config"]["vqa"] == "shapes" and manifest["config"]["editor"] == "world"
+    assert manifest["has_targets"] is True
     assert (out / "preview.html").read_text().count("<img") >= 10
 
     import datasets
@@ -157,6 +158,8 @@ def test_editor_path_and_instruction_only_rows_from_a_jsonl_source(cli, tmp_path
     assert result.exit_code == 0, result
     rows = _rows(bare)
     assert rows and all(r["edited_image"] is None and r["editor"] == "none" for r in rows)
+    # the manifest says so, for train to refuse the folder by name rather than by its empty rows
+    assert json.loads((bare / "uniedit-data.json").read_text())["has_targets"] is False
 
 
 def test_bad_input_is_a_clear_error_before_any_work(cli, tmp_path):

@@ -546,6 +546,9 @@ def write_manifest(out_dir: Path, config: SynthConfig, the_plan: Plan, total: in
         "rejections_per_reason": dict(sorted(rejections.items())),
         "seconds_last_run": round(seconds, 2),
         "columns": list(writer.features().keys()),
+        # --editor none writes instructions only: edited_image is empty in every row, so the data
+        # cannot train an editor (train says so from this field instead of failing on the rows)
+        "has_targets": config.editor != "none",
     }
     if config.classifier:
         manifest["classifier"] = {"model": config.classifier, "classified": the_plan.classified,
