@@ -359,6 +359,26 @@ def test_unknown_source_and_option_are_usage_errors(tmp_path):
         open_source("jsonl", tmp_path, limit=-1)
 
 
+def test_every_source_checks_user_options_the_same_way():
+    """--vqa-option is checked before any work, with one message for every source; the built-in
+    world takes none (its scenes follow synth's own flags) instead of swallowing any key."""
+    from uniedit_cli.synth.sources import check_options, option_names
+
+    assert option_names("shapes") == [] and "image_dir" in option_names("gqa")
+    check_options("gqa", {"balanced": False, "limit": 3})
+    messages = []
+    for name, known in (("shapes", "takes no --vqa-option"), ("jsonl", "Options of jsonl: limit, image_root"),
+                        ("vqav2", "Options of vqav2: limit, image_dir, layout")):
+        with pytest.raises(UsageError) as err:
+            check_options(name, {"foo": "bar"})
+        assert f"--vqa {name} has no option 'foo'" in str(err.value) and known in str(err.value)
+        messages.append(err.value.message.replace(name, "NAME"))
+    assert len(set(messages)) == 1
+    with pytest.raises(UsageError) as err:  # the class itself no longer swallows unknown keywords
+        open_source("shapes", None, "val", num_images=1, foo="bar")
+    assert "foo" in str(err.value)
+
+
 def test_open_source_adapts_to_a_source_without_path_or_split(monkeypatch, tmp_path):
     """The built-in world takes neither a path nor a split: the pipeline's default split is
     dropped for it, and a path given to it is a usage error rather than silently ignored."""

@@ -260,3 +260,33 @@ def test_renumbering_killed_half_way_finishes_on_the_rerun(tmp_path):
     assert [p.read_text() for p in again] == ["1", "3", "4"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [writer.shard_name(j, 3) for j in range(3)]
     assert writer.renumber_shards(tmp_path / "absent", 6) == []
+
+
+def _no_planning(monkeypatch):
+    """Checks must come before the plan: planning anything is a test failure."""
+    from uniedit_cli.synth import pipeline
+
+    def plan(*args, **kwargs):
+        raise AssertionError("planning started before the arguments were checked")
+
+    monkeypatch.setattr(pipeline, "plan", plan)
+
+
+def test_every_source_refuses_an_unknown_vqa_option_the_same_way(cli, tmp_path, monkeypatch):
+    _no_planning(monkeypatch)
+    source = _jsonl_source(tmp_path)
+    result = cli(["synth", "--num-rows", "5", "--vqa-option", "foo=bar", "--out", tmp_path / "o"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--vqa shapes has no option 'foo'" in result.stderr and "takes no --vqa-option" in result.stderr
+    result = cli(["synth", "--vqa", "jsonl", "--vqa-path", source, "--editor", "none", "--vqa-option", "foo=bar",
+                  "--out", tmp_path / "o"])
+    assert result.exit_code == 2
+    assert "--vqa jsonl has no option 'foo'" in result.stderr and "Options of jsonl: limit, image_root" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_unknown_source_is_reported_before_what_a_source_needs(cli, tmp_path):
+    result = cli(["synth", "--vqa", "foo", "--out", tmp_path / "o"])
+    assert result.exit_code == 2
+    assert "unknown VQA source 'foo'" in result.stderr and "--editor" not in result.stderr
+    assert "Known sources: shapes, gqa, vqav2, clevr, jsonl" in result.stderr

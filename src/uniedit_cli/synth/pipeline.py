@@ -75,6 +75,7 @@ class SynthConfig:
 
     def resolved(self) -> "SynthConfig":
         config = SynthConfig(**asdict(self))
+        config.vqa = (config.vqa or "").strip().lower()  # sources are looked up case-insensitively
         if config.editor is None:
             config.editor = WORLD_EDITOR if config.vqa == "shapes" else None
         if config.num_rows is None and config.vqa == "shapes":
@@ -424,7 +425,10 @@ def validate(config: SynthConfig) -> None:
     """Everything that can be checked before any work starts."""
     from uniedit_cli import registry
     from uniedit_cli.synth.records import CATEGORIES
+    from uniedit_cli.synth.sources import check_options, source_class
 
+    source_class(config.vqa)  # an unknown source first: every other message depends on which one it is
+    check_options(config.vqa, config.source_options)
     if config.vqa != "shapes" and config.editor is None:
         raise UsageError(f"--vqa {config.vqa} needs --editor (a model that can edit, e.g. qwen-image-edit), "
                          "or --editor none for instruction-only rows.")

@@ -55,13 +55,47 @@ def open_source(name: str, path=None, split: str | None = None, **options):
         raise UsageError(f"--vqa {name} reads no dataset files: drop --vqa-path {str(path)!r}.")
     if split is not None and ("split" in params or takes_any):
         kwargs["split"] = split
+    known = _parameters(cls)
+    unknown = [key for key in options if key not in known and key not in ("path", "split")]
+    if unknown and not takes_any:
+        raise _unknown_options(name, unknown, known)
     try:
         inspect.signature(cls).bind(**kwargs)
     except TypeError as exc:
-        known = [p.name for p in params.values()
-                 if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in ("path", "split", "self")]
         raise UsageError(f"--vqa {name}: {exc}.", hint=f"Options of {name}: {', '.join(known) or 'none'}.") from None
     return cls(**kwargs)
 
 
-__all__ = ["SOURCES", "open_source", "source_class"]
+def _parameters(cls) -> list[str]:
+    params = inspect.signature(cls).parameters
+    return [p.name for p in params.values()
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in ("path", "split", "self")]
+
+
+def option_names(name: str) -> list[str]:
+    """The options a user may pass to source ``name`` with ``--vqa-option``: its class's
+    ``user_options`` when it declares them (the built-in world's are set by synth's own flags),
+    else the keyword arguments of its class."""
+    cls = source_class(name)
+    declared = getattr(cls, "user_options", None)
+    return list(declared) if declared is not None else _parameters(cls)
+
+
+def check_options(name: str, options: dict) -> None:
+    """Every source refuses an unknown ``--vqa-option`` the same way, naming the ones it takes
+    (a UsageError before any work, not an option silently ignored)."""
+    known = option_names(name)
+    unknown = [key for key in options if key not in known]
+    if unknown:
+        raise _unknown_options(name, unknown, known, note=getattr(source_class(name), "options_note", ""))
+
+
+def _unknown_options(name: str, unknown: list[str], known: list[str], *, note: str = "") -> UsageError:
+    key = (name or "").strip().lower()
+    what = "option" if len(unknown) == 1 else "options"
+    takes = f"Options of {key}: {', '.join(known)}." if known else f"--vqa {key} takes no --vqa-option."
+    return UsageError(f"--vqa-option: --vqa {key} has no {what} {', '.join(map(repr, unknown))}.",
+                      hint=takes + (f" {note}" if note else ""))
+
+
+__all__ = ["SOURCES", "check_options", "open_source", "option_names", "source_class"]

@@ -37,10 +37,12 @@ class ShapesSource:
     """Iterates the world's VQA records: ``num_images`` scenes x up to ``questions_per_image``."""
 
     name = SOURCE_NAME
+    # ``uniedit synth`` sets every argument from its own flags: --vqa-option takes none here
+    user_options: tuple[str, ...] = ()
+    options_note = "The scene world follows --num-rows, --seed, --size and --max-depth."
 
     def __init__(self, num_images: int, seed: int = 0, size: int = 256, questions_per_image: int = 8, *,
-                 max_depth: int = 2, embed_images: bool = False, families: dict[str, float] | None = None,
-                 **_ignored):
+                 max_depth: int = 2, embed_images: bool = False, families: dict[str, float] | None = None):
         if num_images < 0:
             raise ValueError("num_images must be >= 0.")
         if size < 32:
