@@ -224,6 +224,120 @@ def test_model_classifier_path_and_reply_parsing(cli, tmp_path):
     assert cli(["synth", *SMALL, "--out", tmp_path / "x", "--classifier", "instruct-pix2pix"]).exit_code == 2
 
 
+def _no_planning(monkeypatch):
+    """Checks must come before the plan: planning anything is a test failure."""
+    from uniedit_cli.synth import pipeline
+
+    def plan(*args, **kwargs):
+        raise AssertionError("planning started before the arguments were checked")
+
+    monkeypatch.setattr(pipeline, "plan", plan)
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(cli, tmp_path, monkeypatch):
+    _no_planning(monkeypatch)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    result = cli(["synth", "--num-rows", "5", "--out", a_file])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"--out {str(a_file)!r} is a file, not a folder" in result.stderr
+    assert a_file.read_text() == "x"
+
+    import errno
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    result = cli(["synth", "--num-rows", "5", "--out", tmp_path / "ro"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "cannot be written (Read-only file system)" in result.stderr
+
+
+def test_clip_takes_what_its_help_says_and_is_checked_up_front(cli, tmp_path, monkeypatch):
+    from uniedit_cli.eval.metrics import encoders
+
+    help_text = " ".join(cli(["synth", "--help"]).stdout.split())
+    assert "vit-b-32" in help_text and "random" in help_text and "open_clip model" not in help_text
+    _no_planning(monkeypatch)
+    out = tmp_path / "o"
+
+    result = cli(["synth", "--num-rows", "5", "--clip", "ViT-L-14", "--out", out])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--clip 'ViT-L-14'" in result.stderr and "vit-b-32" in result.stderr and "random" in result.stderr
+    assert "--clip-weights" not in result.stderr
+
+    # the OpenAI weights neither cached nor downloadable: the fix names --clip, not eval's --clip-weights
+    monkeypatch.setattr(encoders, "_find_clip_weights", lambda: None)
+    monkeypatch.setattr(encoders, "_hub_download", lambda repo, names: None)
+    result = cli(["synth", "--num-rows", "5", "--clip", "ViT-B-32", "--out", out])
+    assert result.exit_code == 2 and "not on this machine" in result.stderr
+    assert "pass a local checkpoint file to --clip" in result.stderr and "--clip-weights" not in result.stderr
+
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    result = cli(["synth", "--num-rows", "5", "--clip", empty, "--out", out])
+    assert result.exit_code == 2 and "no single checkpoint" in result.stderr and "to --clip." in result.stderr
+    assert not out.exists()
+
+    # a file that is no CLIP checkpoint fails when the scorer loads it, still naming --clip
+    from uniedit_cli.errors import UsageError
+    from uniedit_cli.synth.verify import ClipScorer
+
+    import torch
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "other.safetensors"
+    save_file({"foo": torch.zeros(2)}, str(bad))
+    with pytest.raises(UsageError) as err:
+        ClipScorer(str(bad), device="cpu")
+    assert "is not a CLIP ViT-B/32 checkpoint" in str(err.value)
+    assert "Pass the right file to --clip." in str(err.value) and "--clip-weights" not in str(err.value)
+
+
+def test_options_without_effect_are_noted_and_out_of_range_ones_refused(cli, tmp_path):
+    result = cli(["synth", "--num-rows", "5", "--min-quality", "9", "--out", tmp_path / "a"])
+    assert result.exit_code == 2 and "--min-quality" in result.output and not (tmp_path / "a").exists()
+    result = cli(["synth", "--num-rows", "5", "--min-clip-dir", "1.5", "--out", tmp_path / "a"])
+    assert result.exit_code == 2 and "--min-clip-dir" in result.output
+
+    result = cli(["synth", "--num-rows", "5", "--size", "64", "--min-quality", "3", "--min-clip-dir", "0.9",
+                  "--min-clip-img", "0", "--out", tmp_path / "b"])
+    assert result.exit_code == 0, result
+    assert "note: --min-quality has no effect without --judge" in result.stderr
+    assert "note: --min-clip-dir and --min-clip-img have no effect without --clip" in result.stderr
+    assert json.loads((tmp_path / "b" / "uniedit-data.json").read_text())["rows"] == 5
+
+    from uniedit_cli.synth.pipeline import SynthConfig, ignored_options
+
+    assert ignored_options(SynthConfig(judge="j", clip="random", min_quality=3, min_clip_dir=0.2)) == []
+    assert ignored_options(SynthConfig(require_judge_ok=False)) == [
+        "--keep-judge-mismatch has no effect without --judge (nothing is re-asked); ignored."]
+    assert ignored_options(SynthConfig(vqa="jsonl", editor="none", judge="j", min_clip_dir=0.0)) == [
+        "--judge, --min-clip-dir have no effect with --editor none (no target images to check); ignored."]
+
+
+def test_every_source_refuses_an_unknown_vqa_option_the_same_way(cli, tmp_path, monkeypatch):
+    _no_planning(monkeypatch)
+    source = _jsonl_source(tmp_path)
+    result = cli(["synth", "--num-rows", "5", "--vqa-option", "foo=bar", "--out", tmp_path / "o"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--vqa shapes has no option 'foo'" in result.stderr and "takes no --vqa-option" in result.stderr
+    result = cli(["synth", "--vqa", "jsonl", "--vqa-path", source, "--editor", "none", "--vqa-option", "foo=bar",
+                  "--out", tmp_path / "o"])
+    assert result.exit_code == 2
+    assert "--vqa jsonl has no option 'foo'" in result.stderr and "Options of jsonl: limit, image_root" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_unknown_source_is_reported_before_what_a_source_needs(cli, tmp_path):
+    result = cli(["synth", "--vqa", "foo", "--out", tmp_path / "o"])
+    assert result.exit_code == 2
+    assert "unknown VQA source 'foo'" in result.stderr and "--editor" not in result.stderr
+    assert "Known sources: shapes, gqa, vqav2, clevr, jsonl" in result.stderr
+
+
 def test_each_split_names_as_many_shards_as_it_holds(cli, tmp_path):
     """A chunk with no held-out row writes no test shard: test/ used to say -of-00005 with 4
     files there. Every split's names now count its own files."""
@@ -260,33 +374,3 @@ def test_renumbering_killed_half_way_finishes_on_the_rerun(tmp_path):
     assert [p.read_text() for p in again] == ["1", "3", "4"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [writer.shard_name(j, 3) for j in range(3)]
     assert writer.renumber_shards(tmp_path / "absent", 6) == []
-
-
-def _no_planning(monkeypatch):
-    """Checks must come before the plan: planning anything is a test failure."""
-    from uniedit_cli.synth import pipeline
-
-    def plan(*args, **kwargs):
-        raise AssertionError("planning started before the arguments were checked")
-
-    monkeypatch.setattr(pipeline, "plan", plan)
-
-
-def test_every_source_refuses_an_unknown_vqa_option_the_same_way(cli, tmp_path, monkeypatch):
-    _no_planning(monkeypatch)
-    source = _jsonl_source(tmp_path)
-    result = cli(["synth", "--num-rows", "5", "--vqa-option", "foo=bar", "--out", tmp_path / "o"])
-    assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "--vqa shapes has no option 'foo'" in result.stderr and "takes no --vqa-option" in result.stderr
-    result = cli(["synth", "--vqa", "jsonl", "--vqa-path", source, "--editor", "none", "--vqa-option", "foo=bar",
-                  "--out", tmp_path / "o"])
-    assert result.exit_code == 2
-    assert "--vqa jsonl has no option 'foo'" in result.stderr and "Options of jsonl: limit, image_root" in result.stderr
-    assert not (tmp_path / "o").exists()
-
-
-def test_an_unknown_source_is_reported_before_what_a_source_needs(cli, tmp_path):
-    result = cli(["synth", "--vqa", "foo", "--out", tmp_path / "o"])
-    assert result.exit_code == 2
-    assert "unknown VQA source 'foo'" in result.stderr and "--editor" not in result.stderr
-    assert "Known sources: shapes, gqa, vqav2, clevr, jsonl" in result.stderr

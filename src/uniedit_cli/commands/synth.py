@@ -32,23 +32,23 @@ def synth(
     vqa: Annotated[str, typer.Option("--vqa", help="Source: shapes (built-in scene world), gqa, vqav2, clevr, jsonl.")] = "shapes",
     vqa_path: Annotated[Optional[str], typer.Option("--vqa-path", help="The source's data folder or file (not for shapes).")] = None,
     split: Annotated[str, typer.Option("--split", help="Source split (train, val, testdev, ...).")] = "val",
-    vqa_option: Annotated[Optional[list[str]], typer.Option("--vqa-option", help="A source option as key=value (repeatable), e.g. balanced=false, image_dir=/data/images.")] = None,
+    vqa_option: Annotated[Optional[list[str]], typer.Option("--vqa-option", help="A source option as key=value (repeatable), e.g. balanced=false, image_dir=/data/images (gqa, vqav2, clevr, jsonl; shapes takes none). An option the source does not take is refused.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("uniedit-data"),
     num_rows: Annotated[Optional[int], typer.Option("--num-rows", min=1, help="Rows to plan (shapes: default 1000) / questions to read.")] = None,
     editor: Annotated[Optional[str], typer.Option("--editor", help="A model that can edit, or none (instruction-only rows). shapes renders exact targets.")] = None,
     judge: Annotated[Optional[str], typer.Option("--judge", help="A model that can ask: re-asks the embedded question on each target.")] = None,
     rewriter: Annotated[Optional[str], typer.Option("--rewriter", help="An LLM that rewrites instructions for fluency (leak-checked).")] = None,
     classifier: Annotated[Optional[str], typer.Option("--classifier", help="An LLM that sorts questions into task categories (default: rules over programs and text).")] = None,
-    clip: Annotated[Optional[str], typer.Option("--clip", help="open_clip model for clip_dir / clip_img (weights must be local).")] = None,
+    clip: Annotated[Optional[str], typer.Option("--clip", help="CLIP for the clip_dir / clip_img scores: vit-b-32 (OpenAI CLIP ViT-B/32 from the local hub cache; also openai), a local ViT-B/32 checkpoint file or folder, or random (random weights: a smoke test, not a filter). No other CLIP models.")] = None,
     styles: Annotated[Optional[str], typer.Option("--styles", help="Comma list: conditional, synthesis, referring, nested, text-answer.")] = None,
     max_depth: Annotated[int, typer.Option("--max-depth", min=1, help="Most relation hops in nested instructions.")] = 2,
     cap: Annotated[Optional[int], typer.Option("--cap", min=1, help="Most rows per task category.")] = None,
     keep: Annotated[Optional[str], typer.Option("--keep", help="Keep categories dropped by default (yes_no, multi_choice, other).")] = None,
-    min_quality: Annotated[Optional[float], typer.Option("--min-quality", help="Drop targets the judge rates below this (1-5).")] = None,
-    min_clip_dir: Annotated[Optional[float], typer.Option("--min-clip-dir", help="Drop rows below this CLIP directional similarity.")] = None,
-    min_clip_img: Annotated[Optional[float], typer.Option("--min-clip-img", help="Drop rows below this CLIP image similarity.")] = None,
+    min_quality: Annotated[Optional[float], typer.Option("--min-quality", min=1, max=5, help="Drop targets the judge rates below this (1-5; needs --judge).")] = None,
+    min_clip_dir: Annotated[Optional[float], typer.Option("--min-clip-dir", min=-1, max=1, help="Drop rows below this CLIP directional similarity (needs --clip).")] = None,
+    min_clip_img: Annotated[Optional[float], typer.Option("--min-clip-img", min=-1, max=1, help="Drop rows below this CLIP image similarity (needs --clip).")] = None,
     holdout: Annotated[float, typer.Option("--holdout", min=0.0, max=1.0, help="Share of images held out as the test split (uniedit-bench).")] = 0.05,
-    keep_judge_mismatch: Annotated[bool, typer.Option("--keep-judge-mismatch", help="Keep rows whose re-asked answer is wrong (scores stay in the columns).")] = False,
+    keep_judge_mismatch: Annotated[bool, typer.Option("--keep-judge-mismatch", help="Keep rows whose re-asked answer is wrong (scores stay in the columns; needs --judge).")] = False,
     seed: common.SeedOpt = 0,
     size: Annotated[int, typer.Option("--size", min=32, help="Scene-world image size in pixels.")] = 256,
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Rows per shard (the unit of resume).")] = 200,
@@ -70,7 +70,13 @@ def synth(
         batch_size=batch_size, device=device.value, dtype=dtype.value, min_quality=min_quality,
         min_clip_dir=min_clip_dir, min_clip_img=min_clip_img, require_judge_ok=not keep_judge_mismatch, holdout=holdout,
     )
-    pipeline.validate(config.resolved())
+    if not launch.inside_launch():  # the process the user started checks (and notes) once, before any work
+        from rich.markup import escape
+
+        pipeline.preflight(config)  # arguments first (an unknown --vqa before anything else), then the source's files
+        common.check_writable_dir(out)
+        for note in pipeline.ignored_options(config):
+            common.error_console().print(f"[yellow]note:[/] {escape(note)}")
     code = launch.relaunch_if_requested(common.invoked_argv(), num_processes=num_processes,
                                         accelerate_config=accelerate_config, device=device.value)
     if code is not None:

@@ -444,6 +444,17 @@ def validate(config: SynthConfig) -> None:
         raise UsageError("--max-depth must be at least 1.")
     if config.chunk_size < 1 or config.num_proc < 1 or config.batch_size < 1:
         raise UsageError("--chunk-size, --num-proc and --batch-size must be at least 1.")
+    if config.min_quality is not None and not 1 <= config.min_quality <= 5:
+        raise UsageError(f"--min-quality {config.min_quality:g}: the judge rates quality from 1 to 5.",
+                         hint="Pass a value from 1 to 5 (the release keeps 3 and up).")
+    for flag, value in (("--min-clip-dir", config.min_clip_dir), ("--min-clip-img", config.min_clip_img)):
+        if value is not None and not -1 <= value <= 1:
+            raise UsageError(f"{flag} {value:g}: CLIP similarities are cosines, from -1 to 1.",
+                             hint="Pass a value from -1 to 1.")
+    if config.clip:
+        from uniedit_cli.synth.verify import resolve_clip
+
+        resolve_clip(config.clip)  # a name synth does not know, or weights not on this machine: now, not mid-run
     for flag, name, capability in (("--editor", config.editor, registry.EDIT), ("--judge", config.judge, registry.ASK),
                                    ("--rewriter", config.rewriter, registry.REWRITE),
                                    ("--classifier", config.classifier, registry.REWRITE)):
@@ -456,6 +467,46 @@ def validate(config: SynthConfig) -> None:
             from uniedit_cli.models.base import preflight
 
             preflight(resolved)
+
+
+def preflight(config: SynthConfig):
+    """The checks ``uniedit synth`` makes before it launches or plans anything: the arguments,
+    then the source's files (cheap: paths and layout). Returns the checked source."""
+    from uniedit_cli.synth.sources import open_source
+
+    config = config.resolved()
+    validate(config)
+    source = open_source(config.vqa, config.vqa_path, config.split, **_source_options(config))
+    source.check()
+    return source
+
+
+def ignored_options(config: SynthConfig) -> list[str]:
+    """Options that were passed but change nothing in this run, as one sentence each."""
+    config = config.resolved()
+    notes = []
+    if config.editor == "none":  # instruction-only rows: nothing to re-ask, score or threshold
+        flags = [flag for flag, given in (("--judge", bool(config.judge)), ("--clip", bool(config.clip)),
+                                          ("--min-quality", config.min_quality is not None),
+                                          ("--min-clip-dir", config.min_clip_dir is not None),
+                                          ("--min-clip-img", config.min_clip_img is not None),
+                                          ("--keep-judge-mismatch", not config.require_judge_ok)) if given]
+        if flags:
+            verb = "has" if len(flags) == 1 else "have"
+            notes.append(f"{', '.join(flags)} {verb} no effect with --editor none (no target images to check); ignored.")
+        return notes
+    if not config.judge:
+        if config.min_quality is not None:
+            notes.append("--min-quality has no effect without --judge (the judge rates quality); ignored.")
+        if not config.require_judge_ok:
+            notes.append("--keep-judge-mismatch has no effect without --judge (nothing is re-asked); ignored.")
+    if not config.clip:
+        flags = [flag for flag, value in (("--min-clip-dir", config.min_clip_dir), ("--min-clip-img", config.min_clip_img))
+                 if value is not None]
+        if flags:
+            verb = "has" if len(flags) == 1 else "have"
+            notes.append(f"{' and '.join(flags)} {verb} no effect without --clip (no CLIP scores); ignored.")
+    return notes
 
 
 def _source_options(config: SynthConfig) -> dict:
