@@ -49,6 +49,18 @@ def test_missing_capability_names_models_that_can():
     assert "qwen2.5-vl-7b" in str(info.value)
 
 
+def test_missing_capability_also_names_the_offline_tiny_models():
+    with pytest.raises(CapabilityError) as info:
+        registry.resolve("qwen2.5-vl-7b").require("edit")
+    assert info.value.hint == (
+        "Models that can edit: janus-pro-1b, janus-pro-7b, instruct-pix2pix, flux-kontext, qwen-image-edit "
+        "(offline, random weights: janus-tiny, ip2p-tiny, flux-kontext-tiny, qwen-image-edit-tiny)."
+    )
+    with pytest.raises(CapabilityError) as info:
+        registry.resolve("janus-tiny").require("rewrite")
+    assert info.value.hint == "Models that can rewrite: qwen2.5-7b-instruct (offline, random weights: qwen2.5-tiny)."
+
+
 def test_local_folders_are_recognised(tmp_path):
     diffusers = tmp_path / "pipe"
     diffusers.mkdir()

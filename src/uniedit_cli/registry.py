@@ -161,11 +161,15 @@ class ResolvedModel:
         if capability in self.capabilities:
             return
         able = [s.name for s in MODELS if capability in s.capabilities and not s.builtin]
+        tiny = [s.name for s in MODELS if capability in s.capabilities and s.builtin]
         can = ", ".join(self.capabilities) or "nothing"
-        raise CapabilityError(
-            f"model {self.display!r} ({self.family}) cannot {capability}; it can: {can}.",
-            hint=f"Models that can {capability}: {', '.join(able)}." if able else None,
-        )
+        hint = None
+        if able or tiny:
+            hint = f"Models that can {capability}: {', '.join(able) or 'none to download'}"
+            if tiny:
+                hint += f" (offline, random weights: {', '.join(tiny)})"
+            hint += "."
+        raise CapabilityError(f"model {self.display!r} ({self.family}) cannot {capability}; it can: {can}.", hint=hint)
 
     def adapter_class(self):
         import importlib
