@@ -72,10 +72,36 @@ def slug(text: str, limit: int = 40) -> str:
 
 # --- reading a batch file ---------------------------------------------------------------------
 
+def _json_kind(value: Any) -> str:
+    """How a JSON value reads to a person who wrote the batch file."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    text = repr(value) if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def read_batch(path: str | Path, *, required: tuple[str, ...], aliases: dict[str, tuple[str, ...]] | None = None,
-               image_fields: tuple[str, ...] = ("image",)) -> list[tuple[int, dict | None, str | None]]:
+               image_fields: tuple[str, ...] = ("image",),
+               int_fields: tuple[str, ...] = ()) -> list[tuple[int, dict | None, str | None]]:
     """Parse a JSONL batch file into ``(line, row, error)``; relative image paths are resolved
-    against the batch file's folder. Checks what can be checked without a model."""
+    against the batch file's folder. Checks what can be checked without a model: every
+    required field is there and a string (text fields non-empty), ``int_fields`` that are present
+    are integers (a seed of "7" is a bad row, not silently replaced by the default seed), and
+    ``id`` is a string or an integer."""
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"--batch {str(path)!r} is a folder.", hint="Pass a .jsonl file with one JSON object per line.")
@@ -94,16 +120,34 @@ def read_batch(path: str | Path, *, required: tuple[str, ...], aliases: dict[str
             if missing:
                 error = f"missing field {', '.join(repr(m) for m in missing)} (row has {', '.join(map(repr, row)) or 'nothing'})"
             else:
+                error = _field_error(row, required, image_fields, int_fields)
                 for name in required:
-                    if name in image_fields:
-                        image = Path(str(row[name])).expanduser()
+                    if name in image_fields and isinstance(row[name], str):
+                        image = Path(row[name]).expanduser()
                         row[name] = str(image if image.is_absolute() else (path.parent / image))
-                    elif not isinstance(row[name], str) or not row[name].strip():
-                        error = f"empty {name}"
         rows.append((line, row, error))
     if not rows:
         raise UsageError(f"batch file {str(path)!r} has no rows.", hint="Write one JSON object per line.")
     return rows
+
+
+def _field_error(row: dict, required: tuple[str, ...], image_fields: tuple[str, ...],
+                 int_fields: tuple[str, ...]) -> str | None:
+    """The first thing wrong with a row's field types, or None."""
+    for name in required:
+        value = row[name]
+        if not isinstance(value, str):
+            what = "a string (a path)" if name in image_fields else "a string"
+            return f"{name} must be {what}, got {_shown(value)} ({_json_kind(value)})"
+        if not value.strip():
+            return f"empty {name}"
+    for name in int_fields:
+        value = row.get(name)
+        if name in row and (isinstance(value, bool) or not isinstance(value, int)):
+            return f"{name} must be an integer, got {_shown(value)} ({_json_kind(value)})"
+    if "id" in row and (isinstance(row["id"], bool) or not isinstance(row["id"], (str, int))):
+        return f"id must be a string or an integer, got {_shown(row['id'])} ({_json_kind(row['id'])})"
+    return None
 
 
 def assign_ids(items: list[WorkItem]) -> None:
@@ -191,12 +235,52 @@ class Task:
     call: Callable[[Any, list[dict], list[int], dict], list[Any]]
     # item -> prepared inputs (loads images); raises InputError for a bad item
     prepare: Callable[[WorkItem], dict]
+    # item -> None, or raises InputError: a cheap look at the inputs (files exist, headers
+    # parse) run on every row before the model loads, so that bad rows never cost a model load
+    precheck: Callable[[WorkItem], None] | None = None
 
 
 def prepare_image_item(item: WorkItem) -> dict:
     prepared = dict(item.inputs)
     prepared["image"] = load_image(item.inputs["image"])
     return prepared
+
+
+def check_image_file(path: str | Path, *, what: str = "image") -> None:
+    """Without decoding the pixels: ``path`` exists, is a file, and Pillow can read its header
+    and (where the format allows, PNG for one) verify its data. Same messages as
+    :func:`uniedit_cli.io.load_image`, which still runs on the rows that pass; the pixel limit
+    and decode errors this cannot see are its business."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{what} {str(p)!r}: no such file.", hint="Check the path.")
+    if p.is_dir():
+        raise InputError(f"{what} {str(p)!r} is a folder, not an image file.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(p) as img:
+                img.verify()
+    except Image.DecompressionBombError:
+        return  # load_image reports it against UNIEDIT_MAX_IMAGE_PIXELS
+    except UnidentifiedImageError:
+        raise InputError(f"{what} {str(p)!r} is not an image Pillow can read.",
+                         hint="Pass a PNG, JPEG or WebP file.") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{what} {str(p)!r} is truncated or corrupt ({exc}).",
+                         hint="Re-export or re-download the file.") from None
+
+
+def precheck_image_item(item: WorkItem) -> None:
+    import os
+
+    image = item.inputs.get("image")
+    if isinstance(image, (str, os.PathLike)):  # an in-memory image is prepare's business
+        check_image_file(image)
 
 
 def _call_edit(adapter, inputs: list[dict], seeds: list[int], options: dict):
@@ -221,7 +305,8 @@ def make_task(kind: str, *, prepare: Callable[[WorkItem], dict] | None = None) -
     if kind not in TASK_CALLS:
         raise UsageError(f"task {kind!r} is not one of {', '.join(TASK_CALLS)}.")
     default_prepare = (lambda item: dict(item.inputs)) if kind == "generate" else prepare_image_item
-    return Task(kind, kind, call=TASK_CALLS[kind], prepare=prepare or default_prepare)
+    return Task(kind, kind, call=TASK_CALLS[kind], prepare=prepare or default_prepare,
+                precheck=None if kind == "generate" or prepare is not None else precheck_image_item)
 
 
 def _batches(items: list[WorkItem], size: int):
@@ -256,13 +341,20 @@ def run(task: Task, items: list[WorkItem], *, resolved, options: dict, out_dir: 
 
     with state.split_between_processes(pending) as my_items:
         my_items = list(my_items)
+        if task.precheck is not None:
+            for item in my_items:
+                if item.error is None:
+                    try:
+                        task.precheck(item)
+                    except InputError as exc:
+                        item.error = str(exc)
         bad = [item for item in my_items if item.error is not None]
         good = [item for item in my_items if item.error is None]
         for item in bad:
             _record_failure(summary, journal, item, item.error)
 
         adapter = None
-        if good:
+        if good:  # no row left to run: no model load
             from uniedit_cli.models import load_model
 
             load_started = time.perf_counter()
@@ -411,7 +503,8 @@ def _write_index(out_dir: Path, task: Task, ok: list[dict], failed: list[dict]) 
     for record in ok + failed:
         row = {"id": {"text": record["id"]}, text_field: {"text": record.get(text_field, "")}}
         if "source" in columns:
-            row["source"] = {"image": record.get("image")} if record.get("image") and Path(record["image"]).exists() else {"text": record.get("image", "")}
+            image = record.get("image")  # a bad row's may be any JSON value
+            row["source"] = {"image": image} if isinstance(image, str) and image and Path(image).exists() else {"text": image if image is not None else ""}
         if record.get("status") == "failed":
             row[columns[-1]] = {"text": f"failed: {record.get('reason', '')}", "bad": True}
         elif task.name == "ask":
@@ -421,6 +514,36 @@ def _write_index(out_dir: Path, task: Task, ok: list[dict], failed: list[dict]) 
         rows.append(row)
     write_gallery(out_dir / "index.html", title=f"uniedit {task.name}: {out_dir.name}", columns=columns, rows=rows,
                   meta=f"{len(ok)} done, {len(failed)} failed")
+
+
+def nothing_succeeded(summary: RunSummary) -> bool:
+    """A batch where rows failed and none is done, this run or an earlier one: the command fails
+    (exit 1). Every rank holds the same counts after :func:`run` (they are gathered)."""
+    return bool(summary.failed) and summary.done == 0 and summary.skipped == 0
+
+
+def _count_lines(path: Path) -> int:
+    if not path.is_file():
+        return 0
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def batch_exit_code(summary: RunSummary | None, out_dir: Path) -> int:
+    """The exit code of a ``--batch`` command: 1 when rows failed and none succeeded (counting
+    rows done by an earlier run), else 0; a partial failure is reported, not an error.
+
+    Under ``--num-processes`` / ``--accelerate-config`` the ranks exit 0 here (a rank exiting
+    non-zero makes ``accelerate launch`` print a traceback) and the process the user started,
+    which holds no summary, decides from the manifest rank 0 wrote after every rank finished:
+    ``results.jsonl`` (every finished row of this folder's run) and ``failed.jsonl``."""
+    from uniedit_cli.launch import inside_launch
+
+    if summary is None:  # the work ran in launched children, which all finished (exit 0)
+        return int(_count_lines(out_dir / "failed.jsonl") > 0 and _count_lines(out_dir / "results.jsonl") == 0)
+    if inside_launch():
+        return 0
+    return int(nothing_succeeded(summary))
 
 
 def report(summary: RunSummary, console, *, out_dir: Path | None, what: str) -> None:

@@ -73,6 +73,8 @@ def ask(
         batch_size=batch_size, num_processes=num_processes, accelerate_config=accelerate_config, what="answered",
     )
     if summary is None:
+        if batch is not None and runner.batch_exit_code(summary, out_dir):
+            raise typer.Exit(1)  # the launched ranks answered no row; rank 0's summary says why
         return
     if batch is None and summary.records:
         record = summary.records[0]
@@ -84,4 +86,6 @@ def ask(
         for record in summary.records:
             typer.echo(json.dumps({"id": record["id"], "answer": record["answer"]}, ensure_ascii=False))
     common.single_failure(summary if batch is None else None)
+    if batch is not None and runner.batch_exit_code(summary, out_dir):
+        raise typer.Exit(1)  # no row succeeded; the summary above says why
 

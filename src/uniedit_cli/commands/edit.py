@@ -19,7 +19,7 @@ EPILOG = """\
 
   uniedit edit --batch edits.jsonl --model flux-kontext --out edits/ --num-processes 2
 
-[bold]Batch file[/]: one JSON object per line, {"image": "a.png", "instruction": "..."}, optional "id" and "seed";
+[bold]Batch file[/]: one JSON object per line, {"image": "a.png", "instruction": "..."}, optional "id" and "seed" (an integer);
 relative image paths are read from the batch file's folder. Each result is written as it finishes
 (<id>.png + <id>.json); a bad row is reported and skipped; rerunning the command skips finished rows.
 """
@@ -56,7 +56,7 @@ def edit(
         out_dir = out or Path("uniedit-out") / "edit"
         items = []
         for line, row, error in runner.read_batch(batch, required=("image", "instruction"),
-                                                   aliases={"instruction": ("edit_prompt", "prompt")}):
+                                                   aliases={"instruction": ("edit_prompt", "prompt")}, int_fields=("seed",)):
             row = row or {}
             item_id = runner.safe_id(row["id"]) if "id" in row else f"{line:06d}"
             items.append(runner.WorkItem(
@@ -91,4 +91,6 @@ def edit(
     if batch is None and summary is not None and not summary.failed:
         common.error_console().print(f"wrote {items[0].output} (+ .json)")
     common.single_failure(summary if batch is None else None)
+    if batch is not None and runner.batch_exit_code(summary, out_dir):
+        raise typer.Exit(1)  # no row succeeded; the summary above says why
 

@@ -19,8 +19,8 @@ EPILOG = """\
 
   uniedit generate --batch prompts.jsonl --model janus-pro-7b --out gen/ --num-processes 8
 
-[bold]Batch file[/]: one JSON object per line, {"prompt": "..."}, optional "id" and "seed"; -n samples per row
-are written as <id>-<k>.png + .json; rerunning the command skips finished images.
+[bold]Batch file[/]: one JSON object per line, {"prompt": "..."}, optional "id" and "seed" (an integer); -n samples
+per row are written as <id>-<k>.png + .json; rerunning the command skips finished images.
 """
 
 
@@ -52,7 +52,8 @@ def generate(
         if prompt is not None:
             raise UsageError("pass either PROMPT or --batch FILE, not both.")
         out_dir = out or Path("uniedit-out") / "generate"
-        for line, row, error in runner.read_batch(batch, required=("prompt",), aliases={"prompt": ("caption", "text")}):
+        for line, row, error in runner.read_batch(batch, required=("prompt",), aliases={"prompt": ("caption", "text")},
+                                                   int_fields=("seed",)):
             row = row or {}
             row_id = runner.safe_id(row["id"]) if "id" in row else f"{line:06d}"
             base = int(row["seed"]) if isinstance(row.get("seed"), int) else seed + (line - 1) * num_images
@@ -87,4 +88,6 @@ def generate(
     if batch is None and summary is not None and not summary.failed:
         common.error_console().print(f"wrote {len(items)} image(s) to {out_dir}")
     common.single_failure(summary if batch is None else None)
+    if batch is not None and runner.batch_exit_code(summary, out_dir):
+        raise typer.Exit(1)  # no row succeeded; the summary above says why
 
