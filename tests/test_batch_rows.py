@@ -1,5 +1,6 @@
-"""Batch rows that are wrong before any model runs: bad rows found before the model loads, a
-batch where nothing succeeds exits 1, wrongly typed fields fail their row."""
+"""Batch rows and options that are wrong before any model runs: bad rows found before the model
+loads, a batch where nothing succeeds exits 1, wrongly typed fields fail their row, and option
+values the model cannot use are usage errors."""
 
 from __future__ import annotations
 
@@ -129,6 +130,42 @@ def test_read_batch_names_the_field_and_its_type(tmp_path):
         'id must be a string or an integer, got {"a": 1} (an object)',
         None,
     ]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["generate", "a cube", "--model", "janus-tiny", "--guidance", "nan"], "--guidance nan: not a finite number"),
+    (["generate", "a cube", "--model", "janus-tiny", "--guidance", "inf"], "--guidance inf: not a finite number"),
+    (["edit", "IMG", "x", "--model", "ip2p-tiny", "--guidance", "-inf"], "--guidance -inf: not a finite number"),
+    (["edit", "IMG", "x", "--model", "ip2p-tiny", "--image-guidance", "nan"], "--image-guidance nan: not a finite number"),
+    (["edit", "IMG", "x", "--model", "ip2p-tiny", "--size", "9"], "--size 9: ip2p-tiny needs a multiple of 8"),
+    (["edit", "IMG", "x", "--model", "flux-kontext-tiny", "--size", "40"],
+     "--size 40: flux-kontext-tiny needs a multiple of 16"),
+])
+def test_option_values_the_model_cannot_use_are_usage_errors_before_loading(cli, sample_image, tmp_path, no_model_load,
+                                                                             args, needle):
+    args = [str(sample_image) if a == "IMG" else a for a in args]
+    result = cli([*args, "--out", tmp_path / "o.png", "--device", "cpu"])
+    assert result.exit_code == 2, result
+    assert needle in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_size_error_names_the_sizes_to_use(cli, sample_image, tmp_path, no_model_load):
+    result = cli(["edit", sample_image, "x", "--model", "ip2p-tiny", "--size", "9", "--out", tmp_path / "o.png"])
+    assert "Pass --size 8 or --size 16." in result.stderr
+
+
+def test_a_size_the_model_can_make_is_recorded_as_made(cli, ip2p, sample_image, tmp_path):
+    out = tmp_path / "o.png"
+    result = cli(["edit", sample_image, "x", "--model", ip2p, "--out", out, "--steps", "1", "--size", "16", "--device", "cpu"])
+    assert result.exit_code == 0, result
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert Image.open(out).size == (16, 16) and sidecar["size"] == [16, 16] and sidecar["parameters"]["size"] == 16
+
+
+def test_generate_batch_help_names_the_file_names_it_writes(cli):
+    text = " ".join(cli(["generate", "--help"]).stdout.split())
+    assert "<id>.png" in text and "<id>-<k>.png" in text and "-n N above 1" in text
 
 
 @pytest.mark.slow

@@ -223,6 +223,52 @@ def check_resumable(out_dir: Path, task: "Task", resolved, options: dict) -> Non
         )
 
 
+# --- checking the options --------------------------------------------------------------------
+
+# The side multiple each family's pipelines need (models/diffusers_edit.py): Stable Diffusion's
+# VAE downsamples by 8 (InstructPix2Pix); Kontext and Qwen-Image-Edit pack 2x2 patches of an
+# 8x latent, so 16. A model with a larger VAE factor is caught after loading
+# (check_size_multiple); families without a --size knob are not listed.
+FAMILY_SIZE_MULTIPLE = {"ip2p": 8, "diffusers-edit": 16}
+
+
+def _size_error(size: int, multiple: int, model: str, why: str) -> UsageError:
+    lower = max(multiple, size // multiple * multiple)
+    upper = (size // multiple + 1) * multiple
+    choices = f"--size {lower} or --size {upper}" if lower < size else f"--size {upper}"
+    return UsageError(f"--size {size}: {model} needs a multiple of {multiple} ({why}).",
+                      hint=f"Pass {choices}.")
+
+
+def check_options(resolved, overrides: dict) -> None:
+    """Flag values that parse but cannot work, before any model loads: a non-finite float
+    (--guidance nan would fail every row deep in sampling) or a --size the model cannot
+    produce (it would be rounded down silently, and the sidecar would record the wrong size)."""
+    import math
+
+    from uniedit_cli.registry import FAMILY_KNOBS
+
+    for key, value in overrides.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"--{key.replace('_', '-')} {value}: not a finite number.",
+                             hint="Pass an ordinary number (nan and inf are not), or leave the flag out for the model's default.")
+    size = overrides.get("size")
+    multiple = FAMILY_SIZE_MULTIPLE.get(resolved.family)
+    if size is not None and multiple and "size" in FAMILY_KNOBS.get(resolved.family, ()) and size % multiple:
+        raise _size_error(int(size), multiple, resolved.display,
+                          "the VAE scale factor" if resolved.family == "ip2p"
+                          else "the VAE scale factor 8 times the 2x2 latent patches")
+
+
+def check_size_multiple(adapter, resolved, options: dict) -> None:
+    """After loading: the size is a multiple of what this very checkpoint needs (a VAE with
+    another scale factor than its family's usual one)."""
+    multiple = getattr(adapter, "multiple", None)
+    size = options.get("size")
+    if isinstance(multiple, int) and multiple > 0 and isinstance(size, int) and size % multiple:
+        raise _size_error(size, multiple, resolved.display, "this checkpoint's VAE scale factor")
+
+
 # --- running ----------------------------------------------------------------------------------
 
 @dataclass
@@ -360,6 +406,7 @@ def run(task: Task, items: list[WorkItem], *, resolved, options: dict, out_dir: 
             load_started = time.perf_counter()
             adapter = load_model(resolved, device=device, dtype=dtype)
             summary.load_seconds = time.perf_counter() - load_started
+            check_size_multiple(adapter, resolved, options)
 
         with _progress(console, enabled=state.is_main_process) as progress:
             label = task.name if state.num_processes == 1 else f"{task.name} (rank 0 of {state.num_processes})"

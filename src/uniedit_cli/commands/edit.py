@@ -50,6 +50,8 @@ def edit(
 
     resolved = registry.resolve(model, family)
     resolved.require(registry.EDIT)
+    overrides = common.generation_overrides(steps=steps, guidance=guidance, image_guidance=image_guidance, size=size)
+    runner.check_options(resolved, overrides)
     if batch is not None:
         if image is not None or instruction is not None:
             raise UsageError("pass either IMAGE INSTRUCTION or --batch FILE, not both.")
@@ -84,7 +86,7 @@ def edit(
     task = runner.make_task("edit")
     summary = common.execute(
         task, items, resolved=resolved,
-        overrides=common.generation_overrides(steps=steps, guidance=guidance, image_guidance=image_guidance, size=size),
+        overrides=overrides,
         out_dir=out_dir, batch_mode=batch is not None, device=device.value, dtype=dtype.value,
         batch_size=batch_size, num_processes=num_processes, accelerate_config=accelerate_config, what="edited",
     )

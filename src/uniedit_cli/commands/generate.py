@@ -19,8 +19,9 @@ EPILOG = """\
 
   uniedit generate --batch prompts.jsonl --model janus-pro-7b --out gen/ --num-processes 8
 
-[bold]Batch file[/]: one JSON object per line, {"prompt": "..."}, optional "id" and "seed" (an integer); -n samples
-per row are written as <id>-<k>.png + .json; rerunning the command skips finished images.
+[bold]Batch file[/]: one JSON object per line, {"prompt": "..."}, optional "id" and "seed" (an integer);
+each row's image is written as <id>.png + .json, or with -n N above 1 as <id>-<k>.png + .json,
+k = 0 .. N-1; rerunning the command skips finished images.
 """
 
 
@@ -47,6 +48,8 @@ def generate(
 
     resolved = registry.resolve(model, family)
     resolved.require(registry.GENERATE)
+    overrides = common.generation_overrides(steps=steps, guidance=guidance, size=size)
+    runner.check_options(resolved, overrides)
     items: list[runner.WorkItem] = []
     if batch is not None:
         if prompt is not None:
@@ -81,7 +84,7 @@ def generate(
     task = runner.make_task("generate")
     summary = common.execute(
         task, items, resolved=resolved,
-        overrides=common.generation_overrides(steps=steps, guidance=guidance, size=size),
+        overrides=overrides,
         out_dir=out_dir, batch_mode=batch is not None, device=device.value, dtype=dtype.value,
         batch_size=batch_size, num_processes=num_processes, accelerate_config=accelerate_config, what="generated",
     )
