@@ -51,9 +51,27 @@ for _module, _name in ((synth, "synth"), (train, "train"), (edit, "edit"), (gene
     app.command(name=_name, help=_module.HELP, epilog=_module.EPILOG)(getattr(_module, _name))
 
 
+def _close_distributed() -> None:
+    """A launched rank tears its process group down before the interpreter exits: left to
+    interpreter shutdown, gloo's threads could be destroyed while joinable ("terminate called
+    without an active exception", SIGABRT), which accelerate launch reports as a failed run."""
+    if "torch.distributed" not in sys.modules:  # never import torch just to check
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            pass
+
+
 def main() -> None:
     set_invoked_argv(sys.argv[1:])
-    app(prog_name="uniedit")
+    try:
+        app(prog_name="uniedit")
+    finally:
+        _close_distributed()
 
 
 del common
