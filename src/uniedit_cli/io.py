@@ -41,6 +41,17 @@ def load_image(path: str | os.PathLike, *, what: str = "image"):
     Transparent images are composited on white, 16-bit images are scaled to 8 bits, palette
     and grayscale images are converted, and the EXIF orientation is applied.
     """
+    return to_rgb(_open_image(path, what, decode=True))
+
+
+def check_image(path: str | os.PathLike, *, what: str = "image") -> None:
+    """What :func:`load_image` would refuse, without decoding the pixels: a missing file, a
+    folder, a non-image, a file too large to open safely, and (where the format allows, PNG for
+    one) a truncated or corrupt file. Cheap enough to run on every row before a model loads."""
+    _open_image(path, what, decode=False)
+
+
+def _open_image(path: str | os.PathLike, what: str, *, decode: bool):
     from PIL import Image, UnidentifiedImageError
 
     p = Path(path)
@@ -56,7 +67,11 @@ def load_image(path: str | os.PathLike, *, what: str = "image"):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
                 img = Image.open(p)
-                img.load()
+                if decode:
+                    img.load()
+                else:
+                    with img:
+                        img.verify()
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
                 raise InputError(
                     f"{what} {str(p)!r} is too large to open safely ({exc}).",
@@ -74,7 +89,7 @@ def load_image(path: str | os.PathLike, *, what: str = "image"):
                 ) from None
     finally:
         Image.MAX_IMAGE_PIXELS = saved_limit
-    return to_rgb(img)
+    return img
 
 
 def to_rgb(img):

@@ -292,41 +292,14 @@ def prepare_image_item(item: WorkItem) -> dict:
     return prepared
 
 
-def check_image_file(path: str | Path, *, what: str = "image") -> None:
-    """Without decoding the pixels: ``path`` exists, is a file, and Pillow can read its header
-    and (where the format allows, PNG for one) verify its data. Same messages as
-    :func:`uniedit_cli.io.load_image`, which still runs on the rows that pass; the pixel limit
-    and decode errors this cannot see are its business."""
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{what} {str(p)!r}: no such file.", hint="Check the path.")
-    if p.is_dir():
-        raise InputError(f"{what} {str(p)!r} is a folder, not an image file.")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(p) as img:
-                img.verify()
-    except Image.DecompressionBombError:
-        return  # load_image reports it against UNIEDIT_MAX_IMAGE_PIXELS
-    except UnidentifiedImageError:
-        raise InputError(f"{what} {str(p)!r} is not an image Pillow can read.",
-                         hint="Pass a PNG, JPEG or WebP file.") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{what} {str(p)!r} is truncated or corrupt ({exc}).",
-                         hint="Re-export or re-download the file.") from None
-
-
 def precheck_image_item(item: WorkItem) -> None:
     import os
 
+    from uniedit_cli.io import check_image
+
     image = item.inputs.get("image")
     if isinstance(image, (str, os.PathLike)):  # an in-memory image is prepare's business
-        check_image_file(image)
+        check_image(image)
 
 
 def _call_edit(adapter, inputs: list[dict], seeds: list[int], options: dict):

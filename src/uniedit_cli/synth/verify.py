@@ -82,46 +82,22 @@ def resolve_clip(spec: str):
     A name other than vit-b-32 / openai / random that is not an existing path, a folder without
     a single checkpoint, and vit-b-32 weights that are neither cached nor downloadable are usage
     errors that name ``--clip`` (synth has no --clip-weights)."""
+    from pathlib import Path
+
     from uniedit_cli.errors import UsageError
-    from uniedit_cli.eval.metrics import encoders
+    from uniedit_cli.eval.metrics.encoders import clip_weights_path
 
     text = str(spec).strip()
     if text.lower() == "random":
         return "random"
     if text.lower() in CLIP_NAMES:
-        return encoders._resolve_weights_path(None, encoders._find_clip_weights, encoders.CLIP_HUB_REPO,
-                                              encoders.CLIP_HUB_FILES, "CLIP", "--clip", lambda: _clip_missing(text))
-    from pathlib import Path
-
+        return clip_weights_path(None, option="--clip")
     if not Path(text).expanduser().exists():
         raise UsageError(f"--clip {text!r}: not a CLIP model synth knows, and no such file or folder.",
                          hint="--clip takes vit-b-32 (OpenAI CLIP ViT-B/32, the weights from the local hub cache), "
                               "a local ViT-B/32 checkpoint file or folder, or random. Other open_clip models are not "
                               "supported.")
-    try:
-        return encoders._resolve_weights_path(text, encoders._find_clip_weights, encoders.CLIP_HUB_REPO,
-                                              encoders.CLIP_HUB_FILES, "CLIP", "--clip", lambda: _clip_missing(text))
-    except UsageError as exc:
-        raise _for_synth(exc) from None
-
-
-def _clip_missing(spec: str):
-    from uniedit_cli.errors import UsageError
-    from uniedit_cli.eval.metrics import encoders
-
-    return UsageError(
-        f"--clip {spec}: CLIP ViT-B/32 (OpenAI) weights are not on this machine and cannot be downloaded.",
-        hint=(f"On a machine with network run `hf download {encoders.CLIP_HUB_REPO} {encoders.CLIP_HUB_FILES[0]}` and "
-              f"copy the hub cache ({encoders._hub_cache_dir()}), or place OpenAI's ViT-B-32.pt at "
-              f"{encoders.CLIP_LEGACY_FILE}, or pass a local checkpoint file to --clip (--clip /path/to/ViT-B-32.pt)."))
-
-
-def _for_synth(exc):
-    """The eval loader's messages name eval's --clip-weights; synth takes the file through --clip."""
-    from uniedit_cli.errors import UsageError
-
-    fix = (lambda text: text.replace("--clip-weights", "--clip") if text else text)
-    return UsageError(fix(exc.message), hint=fix(exc.hint))
+    return clip_weights_path(text, option="--clip")
 
 
 class ClipScorer:
@@ -133,17 +109,13 @@ class ClipScorer:
     """
 
     def __init__(self, spec: str, *, device: str = "auto"):
-        from uniedit_cli.errors import UsageError
         from uniedit_cli.eval.metrics import load_clip
 
         weights = resolve_clip(spec)
-        try:
-            if weights == "random":
-                self.encoder = load_clip(random_weights=True, device=device)
-            else:
-                self.encoder = load_clip(weights, device=device)
-        except UsageError as exc:  # a file that is not a ViT-B/32 checkpoint
-            raise _for_synth(exc) from None
+        if weights == "random":
+            self.encoder = load_clip(random_weights=True, device=device)
+        else:  # a file that is not a ViT-B/32 checkpoint is a usage error naming --clip
+            self.encoder = load_clip(weights, device=device, option="--clip")
 
     def scores(self, sources, targets, before: list[str], after: list[str]):
         from uniedit_cli.eval.metrics import cosine, directional_similarity

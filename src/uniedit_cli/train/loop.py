@@ -226,23 +226,20 @@ def _check_resume_config(run_dir: Path, config: TrainConfig) -> None:
                  "--max-steps, --epochs, --save-every, --val-every, --log-every, --report-to).")
 
 
-def _final_steps(final_dir: Path) -> int:
-    import json
-
-    try:
-        return int(json.loads((final_dir / "uniedit.json").read_text(encoding="utf-8"))["training"]["steps"] or 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
-
-
-def _finished(final_dir: Path, config: TrainConfig) -> bool:
-    """Whether final/ already holds as many steps as this configuration asks for."""
+def _final_training(final_dir: Path) -> dict:
+    """The ``training`` record of final/uniedit.json ({} when there is none to read)."""
     import json
 
     try:
         training = json.loads((final_dir / "uniedit.json").read_text(encoding="utf-8"))["training"]
     except (OSError, ValueError, KeyError, TypeError):
-        return False
+        return {}
+    return training if isinstance(training, dict) else {}
+
+
+def _finished(final_dir: Path, config: TrainConfig) -> bool:
+    """Whether final/ already holds as many steps as this configuration asks for."""
+    training = _final_training(final_dir)
     done = int(training.get("steps") or 0)
     if config.optim.max_steps is not None:
         return done >= config.optim.max_steps
@@ -373,8 +370,8 @@ def _run(accelerator, config: TrainConfig, resolved, *, console, command: list[s
     resume_path = checkpoints.find_resume(run_dir, config.checkpoint.resume)
     final_dir = run_dir / checkpoints.FINAL_DIR
     if config.checkpoint.resume == "latest" and _finished(final_dir, config):
-        steps_done = checkpoints.list_checkpoints(run_dir)[-1][0] if checkpoints.list_checkpoints(run_dir) else 0
-        if steps_done and steps_done == _final_steps(final_dir):
+        saved = checkpoints.list_checkpoints(run_dir)
+        if saved and saved[-1][0] == int(_final_training(final_dir).get("steps") or 0):
             further = "raise --max-steps to train further"
         else:  # no checkpoint of the last step (--save-every 0): nothing to continue the optimizer from
             further = f"to train further, start a new run from its weights: --model {final_dir} --out <another folder>"

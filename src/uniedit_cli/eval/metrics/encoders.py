@@ -323,23 +323,31 @@ def _find_clip_weights() -> Path | None:
     return legacy if legacy.is_file() else None
 
 
-def clip_missing_error() -> UsageError:
+def clip_missing_error(option: str = "--clip-weights") -> UsageError:
     return UsageError(
-        "CLIP ViT-B/32 (OpenAI) weights for the clip-* metrics are not on this machine and cannot be downloaded.",
+        "CLIP ViT-B/32 (OpenAI) weights are not on this machine and cannot be downloaded.",
         hint=(f"On a machine with network run `hf download {CLIP_HUB_REPO} {CLIP_HUB_FILES[0]}` and copy the hub cache "
-              f"({_hub_cache_dir()}), or place OpenAI's ViT-B-32.pt at {CLIP_LEGACY_FILE}, or pass the file with "
-              f"--clip-weights FILE (safetensors, state dict or OpenAI's ViT-B-32.pt)."),
+              f"({_hub_cache_dir()}), or place OpenAI's ViT-B-32.pt at {CLIP_LEGACY_FILE}, or "
+              f"pass a local checkpoint file to {option} (safetensors, state dict or OpenAI's ViT-B-32.pt)."),
     )
 
 
+def clip_weights_path(weights: str | os.PathLike | None = None, *, option: str = "--clip-weights") -> Path:
+    """The CLIP ViT-B/32 checkpoint file ``weights`` names (a file, or a folder holding one; None:
+    the hub cache, the legacy cache, a download); a usage error naming ``option`` otherwise."""
+    return _resolve_weights_path(weights, _find_clip_weights, CLIP_HUB_REPO, CLIP_HUB_FILES, "CLIP", option,
+                                 lambda: clip_missing_error(option))
+
+
 def load_clip(weights: str | os.PathLike | None = None, *, device="auto", dtype="fp32",
-              random_weights: bool = False, seed: int = 0) -> ClipEncoder:
+              random_weights: bool = False, seed: int = 0, option: str = "--clip-weights") -> ClipEncoder:
     """OpenAI CLIP ViT-B/32 for the clip-i / clip-t / clip-dir / ... metrics.
 
     ``weights``: a checkpoint file or a folder holding one; None looks in the hub cache
     (``timm/vit_base_patch32_clip_224.openai``, open_clip's source for the ``openai`` tag), then
     ``~/.cache/clip/ViT-B-32.pt``, then downloads when the hub is reachable; else UsageError.
     ``random_weights=True`` (tests, benchmarks): the real architecture, random weights (seeded).
+    ``option``: the command's flag that passes ``weights``, named in error messages.
     """
     import open_clip
     import torch
@@ -348,8 +356,7 @@ def load_clip(weights: str | os.PathLike | None = None, *, device="auto", dtype=
     dt = resolve_metric_dtype(dtype)
     path = None
     if not random_weights:  # find the file before building anything: a missing one fails fast
-        path = _resolve_weights_path(weights, _find_clip_weights, CLIP_HUB_REPO, CLIP_HUB_FILES, "CLIP",
-                                     "--clip-weights", clip_missing_error)
+        path = clip_weights_path(weights, option=option)
     key = ("clip", seed, str(dev), str(dt))
     if path is None and key in _RANDOM_MODELS:
         model = _RANDOM_MODELS[key]
@@ -363,12 +370,12 @@ def load_clip(weights: str | os.PathLike | None = None, *, device="auto", dtype=
         # built on the meta device (no 151M-parameter random init), then the file's tensors assigned
         with _quiet_model_logs(), torch.device("meta"):
             model = open_clip.create_model(CLIP_ARCH, pretrained=None, force_quick_gelu=True, device="meta")
-        sd = read_state_dict(path, what="CLIP", option="--clip-weights")
+        sd = read_state_dict(path, what="CLIP", option=option)
         for key in ("input_resolution", "context_length", "vocab_size"):
             sd.pop(key, None)
         if "logit_scale" in sd and sd["logit_scale"].ndim != model.logit_scale.ndim:
             sd["logit_scale"] = sd["logit_scale"].reshape(model.logit_scale.shape)
-        _load_strict(model, sd, path, "CLIP ViT-B/32", "--clip-weights")
+        _load_strict(model, sd, path, "CLIP ViT-B/32", option)
         source = str(path)
     model = model.to(device=dev, dtype=dt).eval()
     if path is None:
